@@ -1,0 +1,37 @@
+# Set-up and everyday commands. Every target creates .venv first if needed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+DEMO_OUTPUT ?= runs
+
+.PHONY: install demo test lock clean
+
+install: $(INSTALLED)
+
+# Re-runs only when the lock or the packaging changes, so a second `make install` is a no-op.
+$(INSTALLED): requirements.lock setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+	  { echo "tff_resume needs Python 3.11 (TensorFlow Federated 0.87 does not support $$($(PYTHON) --version))."; \
+	    echo "Run: make PYTHON=/path/to/python3.11 ..."; exit 1; }
+	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: $(INSTALLED)
+	$(VENV_PYTHON) -m experiments.demo --root_output_dir=$(DEMO_OUTPUT)
+
+test: $(INSTALLED)
+	$(VENV_PYTHON) -m pytest tests
+
+# Re-solves requirements.txt in a scratch environment and rewrites requirements.lock.
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install --quiet -r requirements.txt
+	build/lock-venv/bin/pip install --quiet --no-deps tensorflow-federated==0.87.0
+	{ sed -n '1,3p' requirements.lock; build/lock-venv/bin/pip freeze | grep -v '^-e'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,175 @@
+"""The TFF execution context, and the guarantee that its worker process ends with the program.
+
+TFF's default local context starts TFF's C++ `worker_binary` lazily and never stops it: the worker
+outlives Python, keeps the script's stdout/stderr open (so `python script.py | cat` hangs) and keeps its
+port. `start_local_execution_context` starts the same worker itself instead, with three guarantees:
+
+* the kernel kills the worker when the thread that started it dies, however it dies (normal exit,
+  uncaught exception, SIGINT, SIGTERM, even SIGKILL), through Linux's `PR_SET_PDEATHSIG`;
+* `atexit` stops it gracefully on a normal interpreter exit;
+* it never inherits the program's stdout/stderr unless asked to, so pipes close when Python exits.
+
+This module imports neither TensorFlow nor TFF at import time, so `quiet_tensorflow_logging` can run
+before TensorFlow prints its start-up noise.
+"""
+
+import atexit
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+import portpicker
+
+_PR_SET_PDEATHSIG = 1
+_WORKER_START_TIMEOUT_SECONDS = 60.0
+_WORKER_READY_POLL_SECONDS = 0.02
+_WORKER_STOP_TIMEOUT_SECONDS = 5.0
+_GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+_GRPC_CHANNEL_OPTIONS = [
+    ("grpc.max_message_length", _GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE_BYTES),
+]
+
+
+class WorkerStartError(RuntimeError):
+  """The TFF worker process could not be started or did not become ready."""
+
+
+def quiet_tensorflow_logging(verbose: bool = False) -> None:
+  """Hides TensorFlow's C++ start-up messages (CUDA, TensorRT, oneDNN) unless `verbose`.
+
+  Must run before TensorFlow is first imported: TensorFlow reads the setting once. A value the user
+  already set in `TF_CPP_MIN_LOG_LEVEL` is kept.
+
+  Args:
+    verbose: show every TensorFlow message.
+  """
+  if verbose:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+  else:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _die_with_parent() -> None:
+  """Runs in the forked child before exec: ask the kernel to SIGKILL it when the parent dies."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def worker_binary_path() -> str:
+  """Returns the path of the C++ worker shipped inside the tensorflow_federated package."""
+  import tensorflow_federated  # pylint: disable=g-import-not-at-top
+
+  return os.path.join(os.path.dirname(tensorflow_federated.__file__), "data", "worker_binary")
+
+
+class LocalWorker:
+  """One TFF `worker_binary` process owned by this program.
+
+  Attributes:
+    process: the running `subprocess.Popen`.
+    port: the localhost port it serves on.
+  """
+
+  def __init__(self, max_concurrent_computation_calls: int = -1, show_output: bool = False):
+    binary = worker_binary_path()
+    if not os.path.isfile(binary):
+      raise WorkerStartError(
+          f"TFF's worker binary is missing at {binary}; reinstall tensorflow-federated "
+          "(make install).")
+    self.port = portpicker.pick_unused_port()
+    output = None if show_output else subprocess.DEVNULL
+    self.process = subprocess.Popen(
+        [
+            binary,
+            f"--port={self.port}",
+            f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        preexec_fn=_die_with_parent,
+    )
+    atexit.register(self.stop)
+
+  @property
+  def pid(self) -> int:
+    return self.process.pid
+
+  def stop(self) -> None:
+    """Stops the worker (SIGTERM, then SIGKILL after a few seconds) and reaps it. Idempotent."""
+    if self.process.poll() is not None:
+      return
+    self.process.terminate()
+    try:
+      self.process.wait(timeout=_WORKER_STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      self.process.wait()
+    atexit.unregister(self.stop)
+
+  def wait_until_ready(self, stub: Any) -> None:
+    deadline = time.monotonic() + _WORKER_START_TIMEOUT_SECONDS
+    while not stub.is_ready:
+      if self.process.poll() is not None:
+        raise WorkerStartError(
+            f"TFF's worker binary exited with code {self.process.returncode} before serving on "
+            f"port {self.port}; rerun with --verbose to see its output.")
+      if time.monotonic() > deadline:
+        self.stop()
+        raise WorkerStartError(
+            f"TFF's worker binary did not serve on port {self.port} within "
+            f"{_WORKER_START_TIMEOUT_SECONDS:.0f} s.")
+      time.sleep(_WORKER_READY_POLL_SECONDS)
+
+
+def start_local_execution_context(
+    max_concurrent_computation_calls: int = -1,
+    default_num_clients: int = 0,
+    show_worker_output: bool = False,
+) -> LocalWorker:
+  """Starts a TFF C++ worker and installs it as TFF's default synchronous execution context.
+
+  The context runs computations exactly as TFF's own
+  `tff.backends.native.set_sync_local_cpp_execution_context` does; only the worker's lifetime differs
+  (see the module docstring). Call it from the main thread: the worker dies with the starting thread.
+
+  Args:
+    max_concurrent_computation_calls: the worker's limit on parallel client computations;
+      non-positive means no limit.
+    default_num_clients: the number of clients when a computation does not imply it.
+    show_worker_output: let the worker write to this program's stdout/stderr.
+
+  Returns:
+    The worker; `stop()` ends it early, otherwise it ends with the program.
+
+  Raises:
+    WorkerStartError: the worker is missing, exited, or did not start serving.
+  """
+  import grpc  # pylint: disable=g-import-not-at-top
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+  worker = LocalWorker(max_concurrent_computation_calls, show_worker_output)
+  channel = grpc.insecure_channel(f"localhost:{worker.port}", _GRPC_CHANNEL_OPTIONS)
+  stub = tff.framework.RemoteExecutorGrpcStub(channel)
+  worker.wait_until_ready(stub)
+
+  def executor_stack(cardinalities):
+    if cardinalities.get(tff.CLIENTS) is None:
+      cardinalities[tff.CLIENTS] = default_num_clients
+    executor = tff.framework.RemoteExecutor(stub)
+    executor.set_cardinalities(cardinalities)
+    return executor
+
+  context = tff.framework.SyncExecutionContext(
+      executor_fn=tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=executor_stack),
+      compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+      transform_args=tff.tensorflow.transform_args,
+      transform_result=tff.tensorflow.transform_result,
+  )
+  tff.framework.set_default_context(context)
+  return worker
