@@ -10,7 +10,7 @@ DEMO_OUTPUT ?= runs
 install: $(INSTALLED)
 
 # Re-runs only when the lock or the packaging changes, so a second `make install` is a no-op.
-$(INSTALLED): requirements.lock setup.py
+$(INSTALLED): requirements.lock setup.py pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
 	  { echo "tff_resume needs Python 3.11 (TensorFlow Federated 0.87 does not support $$($(PYTHON) --version))."; \
 	    echo "Run: make PYTHON=/path/to/python3.11 ..."; exit 1; }

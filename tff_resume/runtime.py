@@ -15,12 +15,14 @@ before TensorFlow prints its start-up noise.
 
 import atexit
 import ctypes
+import logging
 import os
 import signal
 import subprocess
 import time
 from typing import Any
 
+from absl import logging as absl_logging
 import portpicker
 
 _PR_SET_PDEATHSIG = 1
@@ -35,23 +37,29 @@ _GRPC_CHANNEL_OPTIONS = [
 ]
 
 
+_LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning"}
+
+
 class WorkerStartError(RuntimeError):
   """The TFF worker process could not be started or did not become ready."""
 
 
 def quiet_tensorflow_logging(verbose: bool = False) -> None:
-  """Hides TensorFlow's C++ start-up messages (CUDA, TensorRT, oneDNN) unless `verbose`.
+  """Hides TensorFlow's start-up messages (CUDA, TensorRT, oneDNN) and TFF's info logs unless `verbose`.
 
-  Must run before TensorFlow is first imported: TensorFlow reads the setting once. A value the user
-  already set in `TF_CPP_MIN_LOG_LEVEL` is kept.
+  TensorFlow reads `TF_CPP_MIN_LOG_LEVEL` once, at import: call this before importing it (a value the
+  user already set is kept), and again after absl parsed its flags, which resets absl's verbosity.
 
   Args:
-    verbose: show every TensorFlow message.
+    verbose: show every TensorFlow message and info log.
   """
   if verbose:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
   else:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  level = logging.INFO if verbose else logging.WARNING
+  logging.getLogger("tensorflow").setLevel(level)
+  absl_logging.set_verbosity(_LEVEL_NAMES[level])
 
 
 def _die_with_parent() -> None:
@@ -125,6 +133,30 @@ class LocalWorker:
             f"TFF's worker binary did not serve on port {self.port} within "
             f"{_WORKER_START_TIMEOUT_SECONDS:.0f} s.")
       time.sleep(_WORKER_READY_POLL_SECONDS)
+
+
+class ExecutionContextNotStartedError(RuntimeError):
+  """A TFF computation ran before `start_local_execution_context`."""
+
+
+def _refuse_to_execute(cardinalities):
+  del cardinalities
+  raise ExecutionContextNotStartedError(
+      "No TFF execution context: call tff_resume.runtime.start_local_execution_context() first.")
+
+
+def install_guard_context() -> None:
+  """Replaces the context that importing TFF installs with one that refuses to run computations.
+
+  TFF's import-time context would start an unowned worker on first use, and its worker manager raises
+  an error during interpreter shutdown. Programs that import TFF without computing call this.
+  """
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+  tff.framework.set_default_context(tff.framework.SyncExecutionContext(
+      executor_fn=tff.framework.ResourceManagingExecutorFactory(
+          executor_stack_fn=_refuse_to_execute),
+      compiler_fn=tff.backends.native.desugar_and_transform_to_native))
 
 
 def start_local_execution_context(
