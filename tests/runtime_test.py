@@ -78,9 +78,10 @@ class LocalWorkerTest(absltest.TestCase):
     program = _start(ending)
     try:
       worker_pid = _worker_pid(program)
-      self.assertTrue(_is_running(worker_pid))
-      self.assertEqual(_parent_of(worker_pid), program.pid)
       if signal_number is not None:
+        # The program is waiting: its worker is alive and is its child.
+        self.assertTrue(_is_running(worker_pid))
+        self.assertEqual(_parent_of(worker_pid), program.pid)
         program.send_signal(signal_number)
       self.assertEqual(program.wait(timeout=60), expected_returncode)
       self.assertTrue(_wait_until_stopped(worker_pid),

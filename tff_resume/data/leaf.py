@@ -208,6 +208,9 @@ def import_leaf(leaf_dir: str, out_dir: str,
   try:
     connection = sqlite3.connect(temporary_path)
     try:
+      # No journal: an interrupted import discards the whole temporary file anyway.
+      connection.execute("PRAGMA journal_mode = OFF")
+      connection.execute("PRAGMA synchronous = OFF")
       _create_tables(connection)
       for split in LEAF_SPLITS:
         for records in iter_leaf_split(leaf_dir, split, progress):

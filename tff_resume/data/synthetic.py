@@ -85,6 +85,7 @@ def _draw(strokes: np.ndarray, width: np.ndarray, ink: np.ndarray) -> np.ndarray
   along = np.clip(((points - start) * direction).sum(-1) / length_squared, 0.0, 1.0)
   distance_squared = ((points - (start + along[..., None] * direction)) ** 2).sum(-1)
   darkness = np.exp(-distance_squared / (2.0 * width[:, None, None] ** 2)).max(axis=1)
+  darkness[darkness < 0.05] = 0.0  # Ink ends: the page away from the strokes stays exactly white.
   image = 1.0 - ink[:, None] * darkness
   return image.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
 
@@ -93,8 +94,8 @@ def _client_examples(spec: SyntheticSpec, glyphs: np.ndarray, index: int, split:
   """Returns (labels int32 [n], pixels float32 [n, 28, 28]) of one client's split."""
   style = np.random.default_rng([spec.seed, index])
   label_weights = style.dirichlet(np.full(spec.num_classes, spec.label_skew))
-  shift = style.uniform(-2.0, 2.0, size=2)
-  width = style.uniform(0.8, 1.6)
+  shift = style.uniform(-1.5, 1.5, size=2)
+  width = style.uniform(1.4, 2.2)
   ink = style.uniform(0.7, 1.0)
   noise = style.uniform(0.02, 0.12)
   if split == _TRAIN:
@@ -103,7 +104,7 @@ def _client_examples(spec: SyntheticSpec, glyphs: np.ndarray, index: int, split:
     count = spec.test_examples_per_client
   rng = np.random.default_rng([spec.seed, index, split])
   labels = rng.choice(spec.num_classes, size=count, p=label_weights)
-  strokes = glyphs[labels] + shift + rng.normal(0.0, 0.7, size=(count, STROKES_PER_GLYPH, 2, 2))
+  strokes = glyphs[labels] + shift + rng.normal(0.0, 0.4, size=(count, STROKES_PER_GLYPH, 2, 2))
   images = _draw(strokes, np.full(count, width), np.full(count, ink))
   # Noise scales with the ink, so the page stays exactly 1.0 as in EMNIST.
   images += rng.normal(0.0, noise, size=images.shape) * (1.0 - images)

@@ -1,0 +1,44 @@
+"""Tests for the `tff-resume data` commands."""
+
+import contextlib
+import io
+
+from absl.testing import absltest
+
+from tff_resume import cli
+
+
+def _run(*argv):
+  stdout, stderr = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    status = cli.main(list(argv))
+  return status, stdout.getvalue(), stderr.getvalue()
+
+
+class DataInspectTest(absltest.TestCase):
+
+  def test_synthetic_summary(self):
+    status, stdout, _ = _run("data", "inspect", "--source", "synthetic", "--num_clients", "3",
+                             "--only_digits", "--split", "test")
+    self.assertEqual(status, 0)
+    self.assertEqual(stdout.splitlines()[:2], [
+        "synthetic (seed 0) [test]: 3 clients, 60 examples",
+        "  examples per client: min 20, median 20, max 20"])
+
+  def test_missing_emnist_is_one_line_and_status_2(self):
+    cache_dir = self.create_tempdir().full_path
+    status, stdout, stderr = _run("data", "inspect", "--source", "emnist", "--cache_dir", cache_dir)
+    self.assertEqual(status, 2)
+    self.assertEqual(stdout, "")
+    self.assertLen(stderr.splitlines(), 1)
+    self.assertStartsWith(stderr, f"tff-resume: error: Federated EMNIST not found: expected "
+                          f"{cache_dir}/emnist_all.sqlite.")
+
+  def test_leaf_source_needs_leaf_dir(self):
+    status, _, stderr = _run("data", "inspect", "--source", "leaf")
+    self.assertEqual(status, 2)
+    self.assertIn("--source=leaf needs --leaf_dir", stderr)
+
+
+if __name__ == "__main__":
+  absltest.main()
