@@ -1,0 +1,226 @@
+"""A durable `tff.program.ProgramStateManager`: atomic, checksummed versions with TFF's retention.
+
+On disk, under `root_dir`:
+
+    version_<N>/state.npz        every leaf of the state structure, in flattening order (uncompressed)
+    version_<N>/MANIFEST.json    {"version": N, "leaf_kinds": [...], "files": {name: {"sha256", "bytes"}}}
+
+Version N is the state after N rounds; version 0 the initial state. A version is written into
+`.tmp-version_<N>-<pid>/`, each file flushed to disk, the manifest (with a SHA-256 of every file) written
+last, and the folder renamed to `version_<N>`: a version is listed only when complete. Temporary
+folders left by a killed process are removed when a manager is created. `load` verifies every checksum;
+`load_latest` falls back, with a warning naming it, from a corrupt newest version to the newest good
+one, and raises `NoGoodVersionError` without touching anything when none is good.
+
+Retention follows `tff.program.FileProgramStateManager`: `keep_total` (0 keeps all), `keep_first`,
+`keep_every_k`; the newest version is never removed.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+from absl import logging
+import numpy as np
+import tensorflow_federated as tff
+import tree
+
+_STATE_FILE = "state.npz"
+_MANIFEST_FILE = "MANIFEST.json"
+_VERSION_PATTERN = re.compile(r"^version_(\d+)$")
+_TEMPORARY_PREFIX = ".tmp-version_"
+_PYTHON_KINDS = {bool: "bool", int: "int", float: "float", str: "str", bytes: "bytes"}
+
+
+class CorruptVersionError(Exception):
+  """A saved version is unreadable or does not match its checksums."""
+
+
+class NoGoodVersionError(Exception):
+  """Versions exist but none of them is readable and intact."""
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as data:
+    for block in iter(lambda: data.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _fsync_directory(path: str) -> None:
+  directory = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(directory)
+  finally:
+    os.close(directory)
+
+
+def _leaf_kind(leaf: Any) -> str:
+  """How a leaf is restored: as a Python value, a numpy scalar, or an array."""
+  if isinstance(leaf, np.generic):
+    return "numpy_scalar"
+  return _PYTHON_KINDS.get(type(leaf), "array")
+
+
+def _leaf_to_array(leaf: Any) -> np.ndarray:
+  # Bytes as uint8: numpy's bytes dtype would drop trailing zero bytes.
+  return np.frombuffer(leaf, np.uint8) if isinstance(leaf, bytes) else np.asarray(leaf)
+
+
+def _array_to_leaf(kind: str, array: np.ndarray) -> Any:
+  if kind == "array":
+    return array
+  if kind == "numpy_scalar":
+    return array[()]
+  if kind == "bytes":
+    return array.tobytes()
+  return array.item()
+
+
+class DurableProgramStateManager(tff.program.ProgramStateManager):
+  """Saves and loads program state as atomic, checksummed versions (see the module docstring)."""
+
+  def __init__(self, root_dir: str, keep_total: int = 5, keep_first: bool = True,
+               keep_every_k: int = 1):
+    if keep_every_k < 1:
+      raise ValueError(f"keep_every_k must be at least 1, got {keep_every_k}.")
+    self._root_dir = root_dir
+    self._keep_total = keep_total
+    self._keep_first = keep_first
+    self._keep_every_k = keep_every_k
+    self.removed_temporary_paths = self._remove_temporaries()
+
+  @property
+  def root_dir(self) -> str:
+    return self._root_dir
+
+  def version_path(self, version: int) -> str:
+    return os.path.join(self._root_dir, f"version_{version}")
+
+  def _remove_temporaries(self) -> list[str]:
+    if not os.path.isdir(self._root_dir):
+      return []
+    stale = sorted(os.path.join(self._root_dir, name) for name in os.listdir(self._root_dir)
+                   if name.startswith(_TEMPORARY_PREFIX))
+    for path in stale:
+      logging.warning("Removing an unfinished checkpoint left by an interrupted run: %s", path)
+      shutil.rmtree(path)
+    return stale
+
+  def versions(self) -> list[int]:
+    """Returns the complete versions on disk, oldest first."""
+    if not os.path.isdir(self._root_dir):
+      return []
+    found = []
+    for name in os.listdir(self._root_dir):
+      match = _VERSION_PATTERN.match(name)
+      if match and os.path.isfile(os.path.join(self._root_dir, name, _MANIFEST_FILE)):
+        found.append(int(match.group(1)))
+    return sorted(found)
+
+  async def get_versions(self) -> list[int] | None:
+    return self.versions() or None
+
+  def load_version(self, version: int, structure: Any) -> Any:
+    """Returns version `version` shaped like `structure`, after verifying its checksums.
+
+    Raises:
+      tff.program.ProgramStateNotFoundError: no such version.
+      CorruptVersionError: it is unreadable or a checksum does not match.
+    """
+    path = self.version_path(version)
+    manifest_path = os.path.join(path, _MANIFEST_FILE)
+    if not os.path.isfile(manifest_path):
+      raise tff.program.ProgramStateNotFoundError(version)
+    try:
+      with open(manifest_path) as manifest_file:
+        manifest = json.load(manifest_file)
+      for name, expected in manifest["files"].items():
+        if _sha256(os.path.join(path, name)) != expected["sha256"]:
+          raise CorruptVersionError(f"{os.path.join(path, name)} does not match its SHA-256.")
+      with np.load(os.path.join(path, _STATE_FILE), allow_pickle=False) as arrays:
+        leaves = [arrays[f"leaf_{index}"] for index in range(len(manifest["leaf_kinds"]))]
+    except (OSError, ValueError, KeyError) as error:
+      raise CorruptVersionError(f"{path} is unreadable: {error}") from None
+    leaves = [_array_to_leaf(kind, array) for kind, array in zip(manifest["leaf_kinds"], leaves)]
+    try:
+      return tree.unflatten_as(structure, leaves)
+    except (ValueError, TypeError) as error:
+      raise CorruptVersionError(f"{path} does not have the expected structure: {error}") from None
+
+  async def load(self, version: int, structure: Any) -> Any:
+    return self.load_version(version, structure)
+
+  def load_latest_good(self, structure: Any) -> tuple[Any, int]:
+    """Returns (state, version) of the newest intact version, or (None, 0) when there is none.
+
+    Raises:
+      NoGoodVersionError: versions exist but every one is corrupt; nothing was changed.
+    """
+    versions = self.versions()
+    for version in reversed(versions):
+      try:
+        return self.load_version(version, structure), version
+      except CorruptVersionError as error:
+        logging.warning("Skipping corrupt checkpoint version %d: %s", version, error)
+    if versions:
+      raise NoGoodVersionError(
+          f"No intact checkpoint in {self._root_dir} (versions {versions} are all corrupt); "
+          "nothing was changed. Move the folder away to start a fresh run.")
+    return None, 0
+
+  async def load_latest(self, structure: Any) -> tuple[Any, int]:
+    return self.load_latest_good(structure)
+
+  def save_version(self, program_state: Any, version: int) -> None:
+    """Writes `program_state` as version `version` atomically, then applies retention.
+
+    Raises:
+      tff.program.ProgramStateExistsError: the version exists already.
+    """
+    final_path = self.version_path(version)
+    if os.path.exists(final_path):
+      raise tff.program.ProgramStateExistsError(version=version, path=self._root_dir)
+    os.makedirs(self._root_dir, exist_ok=True)
+    temporary_path = os.path.join(self._root_dir, f"{_TEMPORARY_PREFIX}{version}-{os.getpid()}")
+    os.makedirs(temporary_path)
+    leaves = tree.flatten(program_state)
+    state_path = os.path.join(temporary_path, _STATE_FILE)
+    with open(state_path, "wb") as state_file:
+      np.savez(state_file,
+               **{f"leaf_{index}": _leaf_to_array(leaf) for index, leaf in enumerate(leaves)})
+      state_file.flush()
+      os.fsync(state_file.fileno())
+    manifest = {
+        "version": version,
+        "leaf_kinds": [_leaf_kind(leaf) for leaf in leaves],
+        "files": {_STATE_FILE: {"sha256": _sha256(state_path),
+                                "bytes": os.path.getsize(state_path)}},
+    }
+    with open(os.path.join(temporary_path, _MANIFEST_FILE), "w") as manifest_file:
+      json.dump(manifest, manifest_file, indent=1)
+      manifest_file.flush()
+      os.fsync(manifest_file.fileno())
+    _fsync_directory(temporary_path)
+    os.rename(temporary_path, final_path)
+    _fsync_directory(self._root_dir)
+    self._apply_retention()
+
+  async def save(self, program_state: Any, version: int) -> None:
+    self.save_version(program_state, version)
+
+  def _apply_retention(self) -> None:
+    versions = self.versions()
+    keep = [version for index, version in enumerate(versions)
+            if version % self._keep_every_k == 0 or index == len(versions) - 1
+            or (self._keep_first and index == 0)]
+    if self._keep_total > 0 and len(keep) > self._keep_total:
+      start = 1 if self._keep_first else 0
+      del keep[start:len(keep) - (self._keep_total - start)]
+    for version in versions:
+      if version not in keep:
+        shutil.rmtree(self.version_path(version))
