@@ -20,7 +20,7 @@ $(INSTALLED): requirements.lock setup.py pyproject.toml
 	touch $@
 
 demo: $(INSTALLED)
-	$(VENV_PYTHON) -m experiments.demo --root_output_dir=$(DEMO_OUTPUT)
+	$(VENV_PYTHON) -m experiments.run_emnist --config=configs/demo.py --root_output_dir=$(DEMO_OUTPUT) --experiment_name=demo
 
 test: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest tests

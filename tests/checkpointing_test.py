@@ -75,8 +75,7 @@ class DurableProgramStateManagerTest(absltest.TestCase):
     self.assertEqual(self.manager.versions(), [1])
     state, version = asyncio.run(self.manager.load_latest(_state(0)))
     self.assertEqual((state["name"], version), ("run-1", 1))
-    restarted = checkpointing.DurableProgramStateManager(self.root)
-    self.assertEqual(restarted.removed_temporary_paths, [half_written])
+    self.assertEqual(self.manager.remove_temporaries(), [half_written])
     self.assertEqual(sorted(os.listdir(self.root)), ["version_1", "version_3"])
 
   def test_corrupt_newest_version_falls_back_with_a_warning(self):

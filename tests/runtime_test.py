@@ -118,15 +118,11 @@ class LocalWorkerTest(absltest.TestCase):
     # The program alone takes about 5 s here; a pipe held open by a worker would block until timeout.
     self.assertLess(elapsed_seconds, 60)
 
-  def test_quiet_logging_keeps_a_level_the_user_set(self):
+  def test_quiet_logging_sets_the_level_tensorflow_reads(self):
     saved = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
     try:
-      os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
-      runtime.quiet_tensorflow_logging()
-      self.assertEqual(os.environ["TF_CPP_MIN_LOG_LEVEL"], "1")
       runtime.quiet_tensorflow_logging(verbose=True)
       self.assertEqual(os.environ["TF_CPP_MIN_LOG_LEVEL"], "0")
-      del os.environ["TF_CPP_MIN_LOG_LEVEL"]
       runtime.quiet_tensorflow_logging()
       self.assertEqual(os.environ["TF_CPP_MIN_LOG_LEVEL"], "3")
     finally:

@@ -3,12 +3,13 @@
 On disk, under `root_dir`:
 
     version_<N>/state.npz        every leaf of the state structure, in flattening order (uncompressed)
+    version_<N>/metadata.json    optional JSON saved with the state (tff_resume keeps its run record here)
     version_<N>/MANIFEST.json    {"version": N, "leaf_kinds": [...], "files": {name: {"sha256", "bytes"}}}
 
 Version N is the state after N rounds; version 0 the initial state. A version is written into
 `.tmp-version_<N>-<pid>/`, each file flushed to disk, the manifest (with a SHA-256 of every file) written
 last, and the folder renamed to `version_<N>`: a version is listed only when complete. Temporary
-folders left by a killed process are removed when a manager is created. `load` verifies every checksum;
+folders left by a killed process are removed by `remove_temporaries()`, called at start. `load` verifies every checksum;
 `load_latest` falls back, with a warning naming it, from a corrupt newest version to the newest good
 one, and raises `NoGoodVersionError` without touching anything when none is good.
 
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from typing import Any
 
 from absl import logging
@@ -29,6 +31,7 @@ import tensorflow_federated as tff
 import tree
 
 _STATE_FILE = "state.npz"
+_METADATA_FILE = "metadata.json"
 _MANIFEST_FILE = "MANIFEST.json"
 _VERSION_PATTERN = re.compile(r"^version_(\d+)$")
 _TEMPORARY_PREFIX = ".tmp-version_"
@@ -57,6 +60,16 @@ def _fsync_directory(path: str) -> None:
     os.fsync(directory)
   finally:
     os.close(directory)
+
+
+def _maybe_inject_fault(point: str, version: int) -> None:
+  """Test hook: SIGKILLs this process at `point` of saving `version` when TFF_RESUME_FAULT says so.
+
+  `TFF_RESUME_FAULT=kill-during-save:3` kills the process after version 3's files are written but
+  before its manifest and rename, so tests can kill a real run in the middle of a save.
+  """
+  if os.environ.get("TFF_RESUME_FAULT") == f"{point}:{version}":
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _leaf_kind(leaf: Any) -> str:
@@ -92,7 +105,6 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     self._keep_total = keep_total
     self._keep_first = keep_first
     self._keep_every_k = keep_every_k
-    self.removed_temporary_paths = self._remove_temporaries()
 
   @property
   def root_dir(self) -> str:
@@ -101,7 +113,8 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
   def version_path(self, version: int) -> str:
     return os.path.join(self._root_dir, f"version_{version}")
 
-  def _remove_temporaries(self) -> list[str]:
+  def remove_temporaries(self) -> list[str]:
+    """Removes unfinished versions left by a killed process; returns their paths. Call at start."""
     if not os.path.isdir(self._root_dir):
       return []
     stale = sorted(os.path.join(self._root_dir, name) for name in os.listdir(self._root_dir)
@@ -125,8 +138,8 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
   async def get_versions(self) -> list[int] | None:
     return self.versions() or None
 
-  def load_version(self, version: int, structure: Any) -> Any:
-    """Returns version `version` shaped like `structure`, after verifying its checksums.
+  def verified_manifest(self, version: int) -> dict[str, Any]:
+    """Returns the manifest of `version` after checking the SHA-256 of each of its files.
 
     Raises:
       tff.program.ProgramStateNotFoundError: no such version.
@@ -142,6 +155,47 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
       for name, expected in manifest["files"].items():
         if _sha256(os.path.join(path, name)) != expected["sha256"]:
           raise CorruptVersionError(f"{os.path.join(path, name)} does not match its SHA-256.")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+      raise CorruptVersionError(f"{path} is unreadable: {error}") from None
+    return manifest
+
+  def load_metadata(self, version: int) -> dict[str, Any] | None:
+    """Returns the metadata saved with `version` (None if none was), after verifying the version."""
+    manifest = self.verified_manifest(version)
+    if _METADATA_FILE not in manifest["files"]:
+      return None
+    with open(os.path.join(self.version_path(version), _METADATA_FILE)) as metadata_file:
+      return json.load(metadata_file)
+
+  def latest_good_version(self) -> int | None:
+    """Returns the newest intact version, warning about each corrupt newer one; None when none exist.
+
+    Raises:
+      NoGoodVersionError: versions exist but every one is corrupt; nothing was changed.
+    """
+    versions = self.versions()
+    for version in reversed(versions):
+      try:
+        self.verified_manifest(version)
+        return version
+      except CorruptVersionError as error:
+        logging.warning("Skipping corrupt checkpoint version %d: %s", version, error)
+    if versions:
+      raise NoGoodVersionError(
+          f"No intact checkpoint in {self._root_dir} (versions {versions} are all corrupt); "
+          "nothing was changed. Move the folder away to start a fresh run.")
+    return None
+
+  def load_version(self, version: int, structure: Any) -> Any:
+    """Returns version `version` shaped like `structure`, after verifying its checksums.
+
+    Raises:
+      tff.program.ProgramStateNotFoundError: no such version.
+      CorruptVersionError: it is unreadable or a checksum does not match.
+    """
+    manifest = self.verified_manifest(version)
+    path = self.version_path(version)
+    try:
       with np.load(os.path.join(path, _STATE_FILE), allow_pickle=False) as arrays:
         leaves = [arrays[f"leaf_{index}"] for index in range(len(manifest["leaf_kinds"]))]
     except (OSError, ValueError, KeyError) as error:
@@ -161,23 +215,17 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     Raises:
       NoGoodVersionError: versions exist but every one is corrupt; nothing was changed.
     """
-    versions = self.versions()
-    for version in reversed(versions):
-      try:
-        return self.load_version(version, structure), version
-      except CorruptVersionError as error:
-        logging.warning("Skipping corrupt checkpoint version %d: %s", version, error)
-    if versions:
-      raise NoGoodVersionError(
-          f"No intact checkpoint in {self._root_dir} (versions {versions} are all corrupt); "
-          "nothing was changed. Move the folder away to start a fresh run.")
-    return None, 0
+    version = self.latest_good_version()
+    if version is None:
+      return None, 0
+    return self.load_version(version, structure), version
 
   async def load_latest(self, structure: Any) -> tuple[Any, int]:
     return self.load_latest_good(structure)
 
-  def save_version(self, program_state: Any, version: int) -> None:
-    """Writes `program_state` as version `version` atomically, then applies retention.
+  def save_version(self, program_state: Any, version: int,
+                   metadata: dict[str, Any] | None = None) -> None:
+    """Writes `program_state` (and `metadata`) as version `version` atomically, then applies retention.
 
     Raises:
       tff.program.ProgramStateExistsError: the version exists already.
@@ -195,11 +243,19 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
                **{f"leaf_{index}": _leaf_to_array(leaf) for index, leaf in enumerate(leaves)})
       state_file.flush()
       os.fsync(state_file.fileno())
+    if metadata is not None:
+      with open(os.path.join(temporary_path, _METADATA_FILE), "w") as metadata_file:
+        json.dump(metadata, metadata_file)
+        metadata_file.flush()
+        os.fsync(metadata_file.fileno())
+    _maybe_inject_fault("kill-during-save", version)
+    files = sorted(set(os.listdir(temporary_path)))
     manifest = {
         "version": version,
         "leaf_kinds": [_leaf_kind(leaf) for leaf in leaves],
-        "files": {_STATE_FILE: {"sha256": _sha256(state_path),
-                                "bytes": os.path.getsize(state_path)}},
+        "files": {name: {"sha256": _sha256(os.path.join(temporary_path, name)),
+                         "bytes": os.path.getsize(os.path.join(temporary_path, name))}
+                  for name in files},
     }
     with open(os.path.join(temporary_path, _MANIFEST_FILE), "w") as manifest_file:
       json.dump(manifest, manifest_file, indent=1)

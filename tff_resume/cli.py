@@ -1,5 +1,6 @@
-"""The `tff-resume` command: data import and inspection.
+"""The `tff-resume` command: run status, data import and inspection.
 
+    tff-resume status RUN_DIR [--json] [--round N]
     tff-resume data import-leaf --src LEAF_DIR --out CACHE_DIR
     tff-resume data inspect --source {emnist,leaf,synthetic} [--split train|test] ...
 
@@ -7,6 +8,7 @@ Errors a user can cause print one line and exit with status 2.
 """
 
 import argparse
+import json
 import sys
 
 from tff_resume import runtime
@@ -19,6 +21,12 @@ def _build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--verbose", action="store_true",
                       help="show TensorFlow's start-up messages and TFF's worker output")
   commands = parser.add_subparsers(dest="command", required=True)
+
+  status = commands.add_parser("status", help="what a run has done: rounds, versions, metrics")
+  status.add_argument("run_dir", help="the run's folder, ROOT_OUTPUT_DIR/EXPERIMENT_NAME")
+  status.add_argument("--json", action="store_true", help="print one JSON object")
+  status.add_argument("--round", type=int, dest="round_num",
+                      help="also print the client ids sampled in this round")
 
   data = commands.add_parser("data", help="federated EMNIST data: import and inspect")
   data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -76,6 +84,55 @@ def _inspect(args) -> None:
   print(inspection.summarize(clients).format(title))
 
 
+def _status(args) -> None:
+  from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
+  from tff_resume import paths  # pylint: disable=g-import-not-at-top
+
+  run_paths = paths.RunPaths.from_run_dir(args.run_dir)
+  manager = checkpointing.DurableProgramStateManager(run_paths.checkpoints)
+  version = manager.latest_good_version()
+  if version is None:
+    raise ValueError(f"No checkpoints in {run_paths.checkpoints}: is {args.run_dir} a run folder?")
+  record = manager.load_metadata(version)
+  rounds_done = len(record["sampled_clients"])
+  if args.round_num is not None and not 1 <= args.round_num <= rounds_done:
+    raise ValueError(f"--round must be between 1 and {rounds_done}, got {args.round_num}.")
+  status = {
+      "run_dir": args.run_dir,
+      "rounds_done": rounds_done,
+      "total_rounds": record["total_rounds"],
+      "complete": rounds_done >= record["total_rounds"],
+      "newest_good_version": version,
+      "versions": manager.versions(),
+      "resume_log": record["resume_log"],
+      "last_metrics": record["metrics"][-1] if record["metrics"] else {},
+      "model_weights_sha256": record["model_weights_sha256"],
+      "fingerprint": record["fingerprint"],
+      "library_versions": record["library_versions"],
+  }
+  if args.round_num is not None:
+    status["round"] = args.round_num
+    status["sampled_clients"] = record["sampled_clients"][args.round_num - 1]
+  if args.json:
+    print(json.dumps(status, indent=2, sort_keys=True))
+    return
+  print(f"Run {args.run_dir}: {rounds_done} of {status['total_rounds']} rounds done"
+        f"{' (complete)' if status['complete'] else ''}")
+  print(f"  newest good version: {version}; versions on disk: {status['versions']}")
+  print(f"  model weights SHA-256: {status['model_weights_sha256']}")
+  print("  resume log:")
+  for start in status["resume_log"]:
+    origin = ("fresh start" if start["resumed_from_version"] is None
+              else f"resumed from version {start['resumed_from_version']}, "
+                   f"{start['rounds_redone']} rounds redone")
+    print(f"    {start['started_at']}  {origin}  (total_rounds {start['total_rounds']})")
+  print(f"  last metrics (round {rounds_done}):")
+  for name, value in status["last_metrics"].items():
+    print(f"    {name}: {value:.6g}" if isinstance(value, float) else f"    {name}: {value}")
+  if args.round_num is not None:
+    print(f"  clients of round {args.round_num}: {' '.join(status['sampled_clients'])}")
+
+
 def main(argv: list[str] | None = None) -> int:
   """Runs the command line; returns the exit status."""
   args = _build_parser().parse_args(argv)
@@ -84,10 +141,14 @@ def main(argv: list[str] | None = None) -> int:
   from tff_resume.data import leaf  # pylint: disable=g-import-not-at-top
 
   runtime.install_guard_context()
-  handlers = {("data", "import-leaf"): _import_leaf, ("data", "inspect"): _inspect}
+  from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
+
+  handlers = {("data", "import-leaf"): _import_leaf, ("data", "inspect"): _inspect,
+              ("status", None): _status}
   try:
-    handlers[(args.command, args.data_command)](args)
-  except (emnist.DataNotFoundError, leaf.LeafFormatError, FileExistsError, ValueError) as error:
+    handlers[(args.command, getattr(args, "data_command", None))](args)
+  except (emnist.DataNotFoundError, leaf.LeafFormatError, FileExistsError, ValueError,
+          checkpointing.NoGoodVersionError) as error:
     print(f"tff-resume: error: {error}", file=sys.stderr)
     return EXIT_USAGE_ERROR
   return 0

@@ -40,6 +40,41 @@ _GRPC_CHANNEL_OPTIONS = [
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning"}
 
 
+EXIT_CODE_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGINT/SIGTERM at a safe point; run it again.
+
+
+class StopRequest:
+  """Turns SIGINT and SIGTERM into a request to stop at the next safe point.
+
+  Used as a context manager around a training loop: the first signal sets `requested` (the loop
+  finishes the round and its checkpoint, then stops); a second one raises KeyboardInterrupt at once.
+  The previous handlers are restored on exit.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self.signal_name = None
+    self._previous = {}
+
+  def _handle(self, signal_number, frame):
+    del frame
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    self.signal_name = signal.Signals(signal_number).name
+    print(f"\n{self.signal_name} received: stopping after the current round is saved "
+          "(send it again to stop at once).", flush=True)
+
+  def __enter__(self) -> "StopRequest":
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+      self._previous[signal_number] = signal.signal(signal_number, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for signal_number, handler in self._previous.items():
+      signal.signal(signal_number, handler)
+
+
 class WorkerStartError(RuntimeError):
   """The TFF worker process could not be started or did not become ready."""
 
@@ -47,25 +82,26 @@ class WorkerStartError(RuntimeError):
 def quiet_tensorflow_logging(verbose: bool = False) -> None:
   """Hides TensorFlow's start-up messages (CUDA, TensorRT, oneDNN) and TFF's info logs unless `verbose`.
 
-  TensorFlow reads `TF_CPP_MIN_LOG_LEVEL` once, at import: call this before importing it (a value the
-  user already set is kept), and again after absl parsed its flags, which resets absl's verbosity.
+  TensorFlow reads `TF_CPP_MIN_LOG_LEVEL` once, at import: call this before importing it, and again
+  after absl parsed its flags, which resets absl's verbosity. The variable is always set, since
+  TensorFlow's own import sets it to 1 for every child process.
 
   Args:
     verbose: show every TensorFlow message and info log.
   """
-  if verbose:
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-  else:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
   level = logging.INFO if verbose else logging.WARNING
   logging.getLogger("tensorflow").setLevel(level)
   absl_logging.set_verbosity(_LEVEL_NAMES[level])
 
 
 def _die_with_parent() -> None:
-  """Runs in the forked child before exec: ask the kernel to SIGKILL it when the parent dies."""
+  """Runs in the forked child before exec: SIGKILL it when the parent dies, and give it its own
+  process group, so a Ctrl-C at the terminal reaches the program (which stops at a safe point)
+  and not the worker in the middle of a round."""
   libc = ctypes.CDLL(None, use_errno=True)
   libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  os.setpgid(0, 0)
 
 
 def worker_binary_path() -> str:

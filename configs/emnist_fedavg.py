@@ -1,0 +1,55 @@
+"""The FedAvg baseline of TFF's EMNIST image-classification tutorial, on real federated EMNIST.
+
+The original FedAvg CNN, 10 clients per round, 5 local epochs, batch 20, client SGD 0.02, server SGD
+1.0. Needs `emnist_all.sqlite` in `data.cache_dir` (default ~/.tff); see the README's Data section.
+
+    python -m experiments.run_emnist --config=configs/emnist_fedavg.py \\
+        --root_output_dir=runs --experiment_name=fedavg
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "emnist"  # "emnist" (TFF's file or a LEAF import) or "synthetic".
+  config.data.cache_dir = ""  # Folder of emnist_all.sqlite; "" means TFF's default, ~/.tff.
+  config.data.only_digits = True
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.num_clients = 100
+  config.data.synthetic.min_examples_per_client = 50
+  config.data.synthetic.max_examples_per_client = 150
+  config.data.synthetic.test_examples_per_client = 20
+  config.data.synthetic.label_skew = 0.5
+  config.data.synthetic.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "cnn"  # "cnn", "2nn" or "linear".
+
+  config.client = ml_collections.ConfigDict()
+  config.client.learning_rate = 0.02
+  config.client.epochs = 5
+  config.client.batch_size = 20
+  config.client.shuffle_buffer = 100
+  config.client.max_examples_per_client = 0  # 0 uses all of a client's examples.
+
+  config.server = ml_collections.ConfigDict()
+  config.server.learning_rate = 1.0
+  config.server.momentum = 0.0
+
+  config.aggregator = ml_collections.ConfigDict()
+  config.aggregator.name = "mean"  # TFF's default weighted mean.
+
+  config.training = ml_collections.ConfigDict()
+  config.training.total_rounds = 100
+  config.training.clients_per_round = 10
+  config.training.seed = 0  # Initialization, client sampling and shuffling.
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.rounds_per_checkpoint = 1
+  config.checkpoint.keep_total = 5  # 0 keeps every version.
+  config.checkpoint.keep_first = True
+  config.checkpoint.keep_every_k = 1
+  return config

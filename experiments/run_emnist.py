@@ -1,0 +1,181 @@
+"""Runs weighted FedAvg on federated EMNIST, resumably: run the same command again to continue.
+
+    python -m experiments.run_emnist --config=configs/demo.py --root_output_dir=runs \
+        --experiment_name=demo
+
+Any config field can be overridden, e.g. `--config.training.total_rounds=20`. Writes
+`ROOT/NAME/config.json` and checkpoints under `ROOT/NAME/checkpoints/` after every round (see the
+README). Exit status: 0 done (or already complete), 2 bad input (one line on stderr, nothing changed),
+75 stopped by SIGINT/SIGTERM after saving the last completed round (run the command again to resume).
+"""
+
+import contextlib
+import os
+import sys
+import time
+
+from tff_resume import runtime
+
+# TensorFlow reads its log level once, at import, so --verbose is looked at before flags are parsed.
+# TensorFlow must also be imported before absl.app.run: Keras 2.14 first imported inside app.run
+# builds broken Sequential models ("Output tensors of a Sequential model must be the output of a
+# TensorFlow `Layer`").
+runtime.quiet_tensorflow_logging(verbose="--verbose" in sys.argv[1:])
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import tensorflow  # noqa: F401  pylint: disable=unused-import
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from tff_resume import atomic_files
+from tff_resume import checkpointing
+from tff_resume import experiment
+from tff_resume import fingerprint as fingerprint_lib
+from tff_resume import metrics_release
+from tff_resume import paths as paths_lib
+from tff_resume import run_record
+from tff_resume import training
+from tff_resume.data import emnist
+# pylint: enable=g-import-not-at-top,g-bad-import-order
+
+runtime.install_guard_context()
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path of a configs/*.py file; override fields with --config.section.field=value.",
+    lock_config=True)
+_ROOT_OUTPUT_DIR = flags.DEFINE_string("root_output_dir", "runs",
+                                       "Folder holding the runs of a study.")
+_EXPERIMENT_NAME = flags.DEFINE_string("experiment_name", None,
+                                       "The run's folder name under --root_output_dir.")
+_VERBOSE = flags.DEFINE_bool("verbose", False,
+                             "Show TensorFlow's start-up messages, TFF's info logs and worker output.")
+
+EXIT_CODE_BAD_INPUT = 2
+_USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError,
+                fingerprint_lib.FingerprintMismatchError, checkpointing.NoGoodVersionError)
+
+
+def _print_round(result: training.RoundResult, first_round: int, started: float) -> None:
+  metrics = result.metrics
+  rounds_run = result.round_num - first_round + 1
+  eta_seconds = (time.monotonic() - started) / rounds_run * (result.total_rounds - result.round_num)
+  checkpoint = ("" if result.checkpoint_seconds is None
+                else f"  checkpoint {result.checkpoint_seconds:.2f} s")
+  print(f"round {result.round_num:4d}/{result.total_rounds}"
+        f"  loss {metrics['client_work/train/loss']:.4f}"
+        f"  accuracy {metrics['client_work/train/sparse_categorical_accuracy']:.4f}"
+        f"  round {result.round_seconds:.2f} s{checkpoint}"
+        f"  ETA {time.strftime('%H:%M:%S', time.gmtime(eta_seconds))}", flush=True)
+
+
+def _rounds_redone(paths: paths_lib.RunPaths, version: int) -> int:
+  if not os.path.exists(paths.progress_json):
+    return 0
+  return max(0, atomic_files.read_json(paths.progress_json)["last_completed_round"] - version)
+
+
+def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
+  """Checks, then trains or resumes the run; returns the exit status."""
+  experiment.validate(config)
+  fingerprint = fingerprint_lib.compute_fingerprint(config)
+  manager = checkpointing.DurableProgramStateManager(
+      paths.checkpoints, keep_total=config.checkpoint.keep_total,
+      keep_first=config.checkpoint.keep_first, keep_every_k=config.checkpoint.keep_every_k)
+  version = manager.latest_good_version()
+  record = None
+  if version is not None:
+    record = run_record.RunRecord.from_json(manager.load_metadata(version))
+    fingerprint_lib.check_resumable(record.fingerprint, fingerprint, paths.run_dir)
+    if record.rounds_done >= config.training.total_rounds:
+      print(f"Run {paths.run_dir} is complete: {record.rounds_done} rounds done, "
+            f"{config.training.total_rounds} asked for. Nothing to do "
+            "(raise --config.training.total_rounds to extend it).")
+      return 0
+  try:
+    os.makedirs(paths.run_dir, exist_ok=True)
+    atomic_files.write_json_atomically(paths.config_json, config.to_dict())
+  except OSError as error:
+    raise experiment.ConfigError(
+        f"cannot write the run folder {paths.run_dir}: {error.strerror}; choose a writable "
+        "--root_output_dir.") from None
+  manager.remove_temporaries()
+
+  runtime.start_local_execution_context(show_worker_output=verbose)
+  train_data, _ = experiment.load_data(config)
+  experiment.check_population(config, train_data)
+  process = experiment.build_process(config)
+  state = experiment.initial_state(config, process)
+  if record is None:
+    record = experiment.new_record(config, fingerprint)
+    record.log_start(None, 0)
+    training.save_checkpoint(manager, process, state, record)
+    print(f"Starting {paths.run_dir}: {config.training.total_rounds} rounds.")
+  else:
+    state = manager.load_version(version, state)
+    redone = _rounds_redone(paths, version)
+    record.total_rounds = config.training.total_rounds
+    record.log_start(version, redone)
+    print(f"Resuming {paths.run_dir} from version {version} "
+          f"({redone} round{'s' * (redone != 1)} to redo), up to round "
+          f"{config.training.total_rounds}.")
+
+  select_clients, client_datasets = experiment.client_functions(config, train_data)
+  first_round, started = record.rounds_done + 1, time.monotonic()
+  tensorboard = metrics_release.TensorBoardRoundWriter(paths.logdir)
+  tensorboard.start(first_round)
+  with runtime.StopRequest() as stop, contextlib.closing(tensorboard):
+    _, stopped = training.train(
+        process=process, state=state, record=record, state_manager=manager,
+        total_rounds=config.training.total_rounds,
+        rounds_per_checkpoint=config.checkpoint.rounds_per_checkpoint,
+        select_clients=select_clients, client_datasets=client_datasets,
+        should_stop=lambda: stop.requested, release=tensorboard.write_round,
+        on_round=lambda result: _print_round(result, first_round, started),
+        progress_path=paths.progress_json)
+  if stopped:
+    print(f"Stopped by {stop.signal_name} after round {record.rounds_done} (saved). "
+          f"Run the same command again to resume. Exit status {runtime.EXIT_CODE_INTERRUPTED}.")
+    return runtime.EXIT_CODE_INTERRUPTED
+  last = record.metrics[-1]
+  print(f"Done: {record.rounds_done} rounds in {time.monotonic() - started:.1f} s this start; "
+        f"final loss {last['client_work/train/loss']:.4f}, accuracy "
+        f"{last['client_work/train/sparse_categorical_accuracy']:.4f}; "
+        f"model weights SHA-256 {record.model_weights_sha256[:16]}...")
+  print(f"Status: tff-resume status {paths.run_dir}")
+  print(f"TensorBoard: .venv/bin/tensorboard --logdir {paths.root_output_dir}")
+  return 0
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  runtime.quiet_tensorflow_logging(_VERBOSE.value)
+  if _CONFIG.value is None or not _EXPERIMENT_NAME.value:
+    print("run_emnist: error: --config and --experiment_name are required, e.g. "
+          "--config=configs/demo.py --experiment_name=demo", file=sys.stderr)
+    return EXIT_CODE_BAD_INPUT
+  paths = paths_lib.RunPaths(_ROOT_OUTPUT_DIR.value, _EXPERIMENT_NAME.value)
+  try:
+    return run(_CONFIG.value, paths, _VERBOSE.value)
+  except _USER_ERRORS as error:
+    print(f"run_emnist: error: {error}", file=sys.stderr)
+    return EXIT_CODE_BAD_INPUT
+
+
+def _parse_flags(argv):
+  """Parses flags; a bad flag or config override is one line on stderr and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    # ml_collections raises these for an override of a field the config does not have.
+    field = str(error).strip("\"'")
+    problem = f"unknown config field '{field}'"
+  except (flags.Error, TypeError, ValueError) as error:
+    problem = str(error)
+  print(f"run_emnist: error: {problem}; config fields are listed in the README, flags in "
+        "--helpfull.", file=sys.stderr)
+  sys.exit(EXIT_CODE_BAD_INPUT)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,37 @@
+"""Tests for tff_resume.metrics_release: one TensorBoard point per round across restarts."""
+
+from absl.testing import absltest
+from tensorboard.backend.event_processing import event_accumulator
+
+from tff_resume import metrics_release
+
+
+def _scalars(logdir):
+  accumulator = event_accumulator.EventAccumulator(logdir)
+  accumulator.Reload()
+  return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+          for tag in accumulator.Tags()["scalars"]}
+
+
+class TensorBoardRoundWriterTest(absltest.TestCase):
+
+  def test_restart_replaces_redone_rounds(self):
+    logdir = self.create_tempdir().full_path
+    first = metrics_release.TensorBoardRoundWriter(logdir)
+    first.start(1)
+    for round_num in (1, 2, 3):
+      first.write_round(round_num, {"loss": round_num * 1.5, "clients": 10, "name": "skipped"})
+    first.close()
+    second = metrics_release.TensorBoardRoundWriter(logdir)
+    second.start(2)
+    for round_num in (2, 3, 4):
+      second.write_round(round_num, {"loss": round_num * 0.5, "clients": 10})
+    second.close()
+    self.assertEqual(_scalars(logdir), {
+        "loss": [(1, 1.5), (2, 1.0), (3, 1.5), (4, 2.0)],
+        "clients": [(1, 10.0), (2, 10.0), (3, 10.0), (4, 10.0)],
+    })
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,233 @@
+"""End-to-end resume: real runner subprocesses killed with real signals, then run again.
+
+A run killed anywhere and resumed must end bit-identical to a run never interrupted: the same server
+state bytes, the same sampled clients in every round, the same metrics (wall times aside).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+
+from tff_resume import checkpointing
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TOTAL_ROUNDS = 4
+# A small, fast variant of the demo config: the linear model on 20 small synthetic clients.
+_SMALL = [
+    "--config.model.name=linear", "--config.data.synthetic.num_clients=20",
+    "--config.data.synthetic.min_examples_per_client=20",
+    "--config.data.synthetic.max_examples_per_client=40",
+    "--config.training.clients_per_round=4", "--config.client.epochs=1",
+    "--config.client.batch_size=10", "--config.checkpoint.keep_total=0",
+]
+
+
+def _start(root, name, *extra, env=None, total_rounds=_TOTAL_ROUNDS):
+  command = [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py",
+             f"--root_output_dir={root}", f"--experiment_name={name}",
+             f"--config.training.total_rounds={total_rounds}", *_SMALL, *extra]
+  full_env = dict(os.environ, PYTHONPATH=_REPO_ROOT, **(env or {}))
+  return subprocess.Popen(command, cwd=_REPO_ROOT, env=full_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _run(root, name, *extra, env=None, total_rounds=_TOTAL_ROUNDS):
+  runner = _start(root, name, *extra, env=env, total_rounds=total_rounds)
+  stdout, stderr = runner.communicate(timeout=300)
+  return runner.returncode, stdout, stderr
+
+
+def _run_until_round(root, name, round_num, signal_number):
+  """Starts a run, sends `signal_number` once it reports round `round_num`, returns its status."""
+  runner = _start(root, name)
+  try:
+    for line in runner.stdout:
+      if line.startswith(f"round {round_num:4d}/"):
+        runner.send_signal(signal_number)
+        break
+    stdout, _ = runner.communicate(timeout=300)
+  finally:
+    runner.kill()
+  return runner.returncode, stdout
+
+
+def _final(root, name):
+  """Returns (record, server-state leaves) of the newest version of a run."""
+  manager = checkpointing.DurableProgramStateManager(os.path.join(root, name, "checkpoints"))
+  version = manager.latest_good_version()
+  with np.load(os.path.join(manager.version_path(version), "state.npz")) as arrays:
+    leaves = {key: arrays[key] for key in arrays.files}
+  return manager.load_metadata(version), leaves
+
+
+def _scalars(root, name):
+  """{tag: [(step, value), ...]} as TensorBoard's own EventAccumulator reads the run's logdir."""
+  accumulator = event_accumulator.EventAccumulator(os.path.join(root, name, "logdir"))
+  accumulator.Reload()
+  return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+          for tag in accumulator.Tags()["scalars"]}
+
+
+def _without_wall_times(metrics):
+  return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in metrics]
+
+
+def _snapshot(path):
+  """Every file under `path` with its bytes: a change anywhere shows."""
+  files = {}
+  for folder, _, names in os.walk(path):
+    for file_name in names:
+      with open(os.path.join(folder, file_name), "rb") as data:
+        files[os.path.relpath(os.path.join(folder, file_name), path)] = data.read()
+  return files
+
+
+class ResumeEquivalenceTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    status, stdout, stderr = _run(cls.root, "straight")
+    assert status == 0, stderr
+    cls.straight_record, cls.straight_leaves = _final(cls.root, "straight")
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root)
+    super().tearDownClass()
+
+  def _assert_identical_to_straight(self, name):
+    record, leaves = _final(self.root, name)
+    self.assertLen(record["sampled_clients"], _TOTAL_ROUNDS)
+    self.assertEqual(record["sampled_clients"], self.straight_record["sampled_clients"])
+    self.assertEqual(_without_wall_times(record["metrics"]),
+                     _without_wall_times(self.straight_record["metrics"]))
+    self.assertEqual(record["model_weights_sha256"], self.straight_record["model_weights_sha256"])
+    self.assertEqual(sorted(leaves), sorted(self.straight_leaves))
+    for key, array in leaves.items():
+      self.assertEqual(array.tobytes(), self.straight_leaves[key].tobytes(), key)
+    return record
+
+  def test_sigkill_after_round_1_then_resume_is_identical(self):
+    status, _ = _run_until_round(self.root, "kill1", 1, signal.SIGKILL)
+    self.assertEqual(status, -signal.SIGKILL)
+    status, stdout, stderr = _run(self.root, "kill1")
+    self.assertEqual(status, 0, stderr)
+    self.assertIn("Resuming", stdout)
+    record = self._assert_identical_to_straight("kill1")
+    self.assertLen(record["resume_log"], 2)
+    scalars, straight_scalars = _scalars(self.root, "kill1"), _scalars(self.root, "straight")
+    self.assertEqual(sorted(scalars), sorted(straight_scalars))
+    self.assertIn("client_work/train/loss", scalars)
+    for tag, points in scalars.items():
+      self.assertEqual([step for step, _ in points], [1, 2, 3, 4], tag)
+      if not tag.startswith("time/"):
+        self.assertEqual(points, straight_scalars[tag], tag)
+
+  def test_sigkill_after_round_2_then_resume_is_identical(self):
+    status, _ = _run_until_round(self.root, "kill2", 2, signal.SIGKILL)
+    self.assertEqual(status, -signal.SIGKILL)
+    self.assertEqual(_run(self.root, "kill2")[0], 0)
+    self._assert_identical_to_straight("kill2")
+
+  def test_sigkill_while_version_3_is_written_then_resume_is_identical(self):
+    status, _, _ = _run(self.root, "midsave", env={"TFF_RESUME_FAULT": "kill-during-save:3"})
+    self.assertEqual(status, -signal.SIGKILL)
+    checkpoints = os.path.join(self.root, "midsave", "checkpoints")
+    listing = sorted(os.listdir(checkpoints))
+    self.assertEqual(listing[1:], ["version_0", "version_1", "version_2"])
+    self.assertStartsWith(listing[0], ".tmp-version_3-")
+    self.assertEqual(sorted(os.listdir(os.path.join(checkpoints, listing[0]))),
+                     ["metadata.json", "state.npz"])
+    status, stdout, stderr = _run(self.root, "midsave")
+    self.assertEqual(status, 0, stderr)
+    self.assertIn("Resuming", stdout)
+    self.assertIn("from version 2 (1 round to redo)", stdout)
+    self.assertEqual(sorted(os.listdir(checkpoints)),
+                     [f"version_{v}" for v in range(_TOTAL_ROUNDS + 1)])
+    record = self._assert_identical_to_straight("midsave")
+    self.assertEqual([(s["resumed_from_version"], s["rounds_redone"]) for s in record["resume_log"]],
+                     [(None, 0), (2, 1)])
+    status = subprocess.run(
+        [sys.executable, "-m", "tff_resume.cli", "status", os.path.join(self.root, "midsave")],
+        capture_output=True, text=True, check=True, cwd=_REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=_REPO_ROOT)).stdout
+    self.assertIn("4 of 4 rounds done (complete)", status)
+    self.assertIn("fresh start  (total_rounds 4)", status)
+    self.assertIn("resumed from version 2, 1 rounds redone  (total_rounds 4)", status)
+    self.assertIn(f"model weights SHA-256: {record['model_weights_sha256']}", status)
+
+  def test_sigterm_stops_after_saving_then_resume_is_identical(self):
+    status, stdout = _run_until_round(self.root, "term", 1, signal.SIGTERM)
+    self.assertEqual(status, 75)
+    self.assertIn("Stopped by SIGTERM after round", stdout)
+    checkpoints = os.path.join(self.root, "term", "checkpoints")
+    stopped_after = len(_final(self.root, "term")[0]["sampled_clients"])
+    self.assertIn(stopped_after, (1, 2))
+    self.assertEqual(sorted(os.listdir(checkpoints)),
+                     [f"version_{v}" for v in range(stopped_after + 1)])
+    self.assertEqual(_run(self.root, "term")[0], 0)
+    self._assert_identical_to_straight("term")
+
+
+class ResumeRefusalTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    status, _, stderr = _run(cls.root, "done")
+    assert status == 0, stderr
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root)
+    super().tearDownClass()
+
+  def test_config_mismatch_is_refused_field_by_field_and_changes_nothing(self):
+    before = _snapshot(os.path.join(self.root, "done"))
+    status, stdout, stderr = _run(self.root, "done", "--config.client.learning_rate=0.5",
+                                  "--config.training.seed=7", total_rounds=9)
+    self.assertEqual(status, 2)
+    self.assertEqual(stdout, "")
+    self.assertStartsWith(stderr, "run_emnist: error: The configuration does not match the run in")
+    self.assertIn("  client.learning_rate: saved 0.02, now 0.5\n", stderr)
+    self.assertIn("  training.seed: saved 0, now 7\n", stderr)
+    self.assertNotIn("total_rounds", stderr)
+    self.assertIn("choose another --experiment_name", stderr)
+    self.assertEqual(_snapshot(os.path.join(self.root, "done")), before)
+
+  def test_finished_run_reports_complete_and_changes_nothing(self):
+    before = _snapshot(os.path.join(self.root, "done"))
+    status, stdout, _ = _run(self.root, "done")
+    self.assertEqual(status, 0)
+    self.assertIn(f"is complete: {_TOTAL_ROUNDS} rounds done", stdout)
+    self.assertEqual(_snapshot(os.path.join(self.root, "done")), before)
+
+  def test_status_json_shows_the_run(self):
+    result = subprocess.run(
+        [sys.executable, "-m", "tff_resume.cli", "status", os.path.join(self.root, "done"),
+         "--json", "--round", "2"], capture_output=True, text=True, check=True, cwd=_REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=_REPO_ROOT))
+    status = json.loads(result.stdout)
+    record, _ = _final(self.root, "done")
+    self.assertEqual((status["rounds_done"], status["complete"], status["newest_good_version"]),
+                     (_TOTAL_ROUNDS, True, _TOTAL_ROUNDS))
+    self.assertEqual(status["versions"], list(range(_TOTAL_ROUNDS + 1)))
+    self.assertEqual(status["sampled_clients"], record["sampled_clients"][1])
+    self.assertLen(status["sampled_clients"], 4)
+    self.assertEqual(status["model_weights_sha256"], record["model_weights_sha256"])
+    self.assertEqual(status["last_metrics"], record["metrics"][-1])
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,21 @@
+"""Small files written atomically: a reader sees the old content or the new, never a mix."""
+
+import json
+import os
+from typing import Any
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+  """Writes `value` as JSON to `path` through a flushed temporary file and an atomic rename."""
+  temporary_path = f"{path}.tmp-{os.getpid()}"
+  with open(temporary_path, "w") as temporary:
+    json.dump(value, temporary, indent=2, sort_keys=True)
+    temporary.write("\n")
+    temporary.flush()
+    os.fsync(temporary.fileno())
+  os.replace(temporary_path, path)
+
+
+def read_json(path: str) -> Any:
+  with open(path) as json_file:
+    return json.load(json_file)

@@ -1,0 +1,126 @@
+"""Builds a FedAvg-on-EMNIST experiment from a configuration (an `ml_collections.ConfigDict`).
+
+The runner calls these in a fixed order: validate, data, preprocessing, process, client functions.
+Nothing here reads flags. Configuration sections and fields are documented in the README.
+"""
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_resume import fedavg
+from tff_resume import models
+from tff_resume import run_record
+from tff_resume import sampling
+from tff_resume.data import emnist
+from tff_resume.data import preprocessing
+from tff_resume.data import synthetic
+
+DATA_SOURCES = ("emnist", "synthetic")
+AGGREGATORS = ("mean",)
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; the message names the field."""
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+  if not condition:
+    raise ConfigError(f"config.{field} {message}")
+
+
+def num_classes(config) -> int:
+  return 10 if config.data.only_digits else 62
+
+
+def synthetic_spec(config) -> synthetic.SyntheticSpec:
+  fields = config.data.synthetic
+  return synthetic.SyntheticSpec(
+      num_clients=fields.num_clients, min_examples_per_client=fields.min_examples_per_client,
+      max_examples_per_client=fields.max_examples_per_client,
+      test_examples_per_client=fields.test_examples_per_client,
+      only_digits=config.data.only_digits, label_skew=fields.label_skew, seed=fields.seed)
+
+
+def preprocess_spec(config) -> preprocessing.PreprocessSpec:
+  return preprocessing.PreprocessSpec(
+      epochs=config.client.epochs, batch_size=config.client.batch_size,
+      shuffle_buffer=config.client.shuffle_buffer,
+      max_examples_per_client=config.client.max_examples_per_client or None,
+      flatten=models.needs_flat_input(config.model.name))
+
+
+def validate(config) -> None:
+  """Checks every value that does not need the data; raises ConfigError naming the field."""
+  _require(config.data.source in DATA_SOURCES, "data.source",
+           f"must be one of {', '.join(DATA_SOURCES)}, got {config.data.source!r}.")
+  _require(config.model.name in models.MODEL_NAMES, "model.name",
+           f"must be one of {', '.join(models.MODEL_NAMES)}, got {config.model.name!r}.")
+  _require(config.aggregator.name in AGGREGATORS, "aggregator.name",
+           f"must be one of {', '.join(AGGREGATORS)}, got {config.aggregator.name!r}.")
+  for field in ("training.total_rounds", "training.clients_per_round",
+                "checkpoint.rounds_per_checkpoint", "checkpoint.keep_every_k"):
+    section, name = field.split(".")
+    value = config[section][name]
+    _require(value >= 1, field, f"must be at least 1, got {value}.")
+  for field in ("client.learning_rate", "server.learning_rate"):
+    section, name = field.split(".")
+    _require(config[section][name] > 0, field, f"must be above 0, got {config[section][name]}.")
+  _require(0 <= config.server.momentum < 1, "server.momentum",
+           f"must be in [0, 1), got {config.server.momentum}.")
+  try:
+    preprocess_spec(config).validate()
+    if config.data.source == "synthetic":
+      synthetic_spec(config).validate()
+  except ValueError as error:
+    raise ConfigError(f"config: {error}") from None
+
+
+def load_data(config):
+  """Returns (train, test) ClientData; raises DataNotFoundError for a missing EMNIST file."""
+  if config.data.source == "emnist":
+    return emnist.load_emnist(config.data.only_digits, config.data.cache_dir or None)
+  return synthetic.load_synthetic(synthetic_spec(config))
+
+
+def check_population(config, train) -> None:
+  population = len(train.client_ids)
+  _require(config.training.clients_per_round <= population, "training.clients_per_round",
+           f"is {config.training.clients_per_round}, above the {population} training clients.")
+
+
+def build_process(config):
+  model_fn = models.build_model_fn(config.model.name, num_classes(config), config.training.seed,
+                                   preprocessing.element_spec(preprocess_spec(config)))
+  return fedavg.build_fedavg(
+      model_fn, client_learning_rate=config.client.learning_rate,
+      server_learning_rate=config.server.learning_rate, server_momentum=config.server.momentum)
+
+
+def initial_state(config, process):
+  return fedavg.initialize(process, config.model.name, num_classes(config), config.training.seed)
+
+
+def client_functions(config, train):
+  """Returns (select_clients(round), client_datasets(round, ids)) for `training.train`."""
+  spec = preprocess_spec(config)
+  seed = config.training.seed
+
+  def select_clients(round_num):
+    return sampling.sample_clients(train.client_ids, config.training.clients_per_round, seed,
+                                   round_num)
+
+  def client_datasets(round_num, client_ids):
+    return [preprocessing.preprocess_for_training(train.create_tf_dataset_for_client(client_id),
+                                                  spec, seed=seed, round_num=round_num,
+                                                  client_id=client_id)
+            for client_id in client_ids]
+
+  return select_clients, client_datasets
+
+
+def new_record(config, fingerprint) -> run_record.RunRecord:
+  return run_record.RunRecord(
+      fingerprint=dict(fingerprint),
+      seeds={"training": config.training.seed, "synthetic_data": config.data.synthetic.seed},
+      library_versions={"tensorflow": tf.__version__, "tensorflow_federated": tff.__version__},
+      total_rounds=config.training.total_rounds)

@@ -1,0 +1,73 @@
+"""The fingerprint of a run: every configuration field that changes the math.
+
+A run can be resumed only with the same fingerprint. It covers the data (source, digits-only, the
+synthetic set's parameters, and the size in bytes of the EMNIST file), the model, the client and server
+optimizers, the aggregator, the clients per round and the seed. Fields that do not change the math
+(`training.total_rounds`, `checkpoint.*`, `data.cache_dir` itself) may change between starts.
+"""
+
+import os
+from typing import Any, Mapping
+
+from tff_resume.data import emnist
+
+MATH_SECTIONS = ("data", "model", "client", "server", "aggregator")
+MATH_TRAINING_FIELDS = ("clients_per_round", "seed")
+_ABSENT = "(absent)"
+
+
+class FingerprintMismatchError(ValueError):
+  """The configuration changes the math of the run being resumed."""
+
+
+def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
+  if isinstance(value, Mapping):
+    for key in sorted(value):
+      _flatten(f"{prefix}.{key}", value[key], into)
+  else:
+    into[prefix] = value
+
+
+def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
+  """Returns {dotted field: value} of every math-changing field of `config` (a dict or ConfigDict).
+
+  Raises:
+    emnist.DataNotFoundError: the EMNIST file named by the config is missing.
+  """
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  fields: dict[str, Any] = {}
+  for section in MATH_SECTIONS:
+    _flatten(section, config[section], fields)
+  for name in MATH_TRAINING_FIELDS:
+    fields[f"training.{name}"] = config["training"][name]
+  del fields["data.cache_dir"]
+  if config["data"]["source"] == "emnist":
+    path = emnist.require_emnist_database(config["data"]["cache_dir"] or None)
+    fields["data.file_bytes"] = os.path.getsize(path)
+  if config["data"]["source"] != "synthetic":
+    fields = {k: v for k, v in fields.items() if not k.startswith("data.synthetic.")}
+  return fields
+
+
+def differences(saved: Mapping[str, Any],
+                current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+  """Returns (field, saved value, current value) for every field that differs, sorted by field.
+
+  A field present on one side only shows as "(absent)" on the other.
+  """
+  fields = sorted(set(saved) | set(current))
+  return [(field, saved.get(field, _ABSENT), current.get(field, _ABSENT)) for field in fields
+          if saved.get(field, _ABSENT) != current.get(field, _ABSENT)]
+
+
+def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: str) -> None:
+  """Raises FingerprintMismatchError listing each differing field, if there is one."""
+  changed = differences(saved, current)
+  if not changed:
+    return
+  lines = [f"  {field}: saved {old!r}, now {new!r}" for field, old, new in changed]
+  raise FingerprintMismatchError(
+      f"The configuration does not match the run in {run_dir}, which cannot be resumed with it:\n"
+      + "\n".join(lines) + "\nTo start a fresh run instead, choose another --experiment_name "
+      "(or move that folder away); to resume this one, use its saved values.")

@@ -1,0 +1,104 @@
+"""The training loop: rounds of a TFF learning process with a checkpoint after every round.
+
+`train` takes only ready-made objects and functions and never reads a flag or a config. After each
+round it appends the sampled clients and metrics to the run record and, every `rounds_per_checkpoint`
+rounds (and at the last round, and when a stop is requested), saves the server state together with the
+record as one atomic checkpoint version (version N = the state after N rounds).
+"""
+
+import dataclasses
+import hashlib
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from tff_resume import atomic_files
+from tff_resume import checkpointing
+from tff_resume import run_record as run_record_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundResult:
+  """What one round produced, for progress reports."""
+  round_num: int
+  total_rounds: int
+  metrics: dict[str, Any]
+  round_seconds: float
+  checkpoint_seconds: float | None
+
+
+def flatten_metrics(metrics: Any, prefix: str = "") -> dict[str, Any]:
+  """Returns TFF's nested metrics as {'client_work/train/loss': float, ...} of Python numbers."""
+  flat = {}
+  for key, value in metrics.items():
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      flat.update(flatten_metrics(value, f"{name}/"))
+    elif np.ndim(value) == 0:
+      flat[name] = value.item() if isinstance(value, np.generic) else value
+  return flat
+
+
+def model_weights_sha256(process, state) -> str:
+  """SHA-256 over the raw bytes of the model's trainable then non-trainable weights, in order."""
+  weights = process.get_model_weights(state)
+  digest = hashlib.sha256()
+  for array in list(weights.trainable) + list(weights.non_trainable):
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
+
+
+def save_checkpoint(state_manager: checkpointing.DurableProgramStateManager, process, state,
+                    record: run_record_lib.RunRecord) -> float:
+  """Saves `state` and `record` as version `record.rounds_done`; returns the seconds it took."""
+  started = time.perf_counter()
+  record.model_weights_sha256 = model_weights_sha256(process, state)
+  state_manager.save_version(state, record.rounds_done, metadata=record.to_json())
+  return time.perf_counter() - started
+
+
+def train(*, process, state, record: run_record_lib.RunRecord,
+          state_manager: checkpointing.DurableProgramStateManager, total_rounds: int,
+          rounds_per_checkpoint: int, select_clients: Callable[[int], list[str]],
+          client_datasets: Callable[[int, list[str]], list], should_stop: Callable[[], bool],
+          release: Callable[[int, dict[str, Any]], None], on_round: Callable[[RoundResult], None],
+          progress_path: str) -> tuple[Any, bool]:
+  """Runs rounds `record.rounds_done + 1` .. `total_rounds`.
+
+  Args:
+    process: a `tff.learning.templates.LearningProcess`.
+    state: its state after `record.rounds_done` rounds.
+    record: the run record, extended in place.
+    state_manager: where checkpoint versions go.
+    total_rounds: the last round to run.
+    rounds_per_checkpoint: save every this many rounds (and always after the last round).
+    select_clients: round -> client ids.
+    client_datasets: (round, client ids) -> the clients' preprocessed datasets.
+    should_stop: polled after each round; when true, the round is saved and the loop stops.
+    release: (round, metrics) -> None, called before the round's checkpoint (e.g. TensorBoard).
+    on_round: called after each round.
+    progress_path: a JSON file updated with the last completed round, to count redone rounds.
+
+  Returns:
+    (state, stopped): the final state, and whether a stop request ended the loop early.
+  """
+  for round_num in range(record.rounds_done + 1, total_rounds + 1):
+    started = time.perf_counter()
+    client_ids = select_clients(round_num)
+    output = process.next(state, client_datasets(round_num, client_ids))
+    state = output.state
+    round_seconds = time.perf_counter() - started
+    record.add_round(client_ids, {**flatten_metrics(output.metrics),
+                                  "time/round_seconds": round_seconds})
+    release(round_num, record.metrics[-1])
+    atomic_files.write_json_atomically(progress_path, {"last_completed_round": round_num})
+    stopping = should_stop()
+    checkpoint_seconds = None
+    if round_num % rounds_per_checkpoint == 0 or round_num == total_rounds or stopping:
+      checkpoint_seconds = save_checkpoint(state_manager, process, state, record)
+    on_round(RoundResult(round_num, total_rounds, record.metrics[-1], round_seconds,
+                         checkpoint_seconds))
+    if stopping and round_num < total_rounds:
+      return state, True
+  return state, False
