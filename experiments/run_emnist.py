@@ -99,6 +99,8 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
         f"cannot write the run folder {paths.run_dir}: {error.strerror}; choose a writable "
         "--root_output_dir.") from None
   manager.remove_temporaries()
+  for corrupt in [v for v in manager.versions() if version is not None and v > version]:
+    manager.set_aside(corrupt)
 
   runtime.start_local_execution_context(show_worker_output=verbose)
   train_data, _ = experiment.load_data(config)

@@ -166,6 +166,26 @@ class ResumeEquivalenceTest(absltest.TestCase):
     self.assertIn("resumed from version 2, 1 rounds redone  (total_rounds 4)", status)
     self.assertIn(f"model weights SHA-256: {record['model_weights_sha256']}", status)
 
+  def test_corrupt_newest_version_falls_back_redoes_the_round_and_extends(self):
+    shutil.copytree(os.path.join(self.root, "straight"), os.path.join(self.root, "corrupt"))
+    checkpoints = os.path.join(self.root, "corrupt", "checkpoints")
+    with open(os.path.join(checkpoints, "version_4", "state.npz"), "r+b") as state_file:
+      state_file.truncate(1000)
+    status, stdout, stderr = _run(self.root, "corrupt", total_rounds=5)
+    self.assertEqual(status, 0, stderr)
+    self.assertIn("Skipping corrupt checkpoint version 4", stderr)
+    self.assertIn("version_4/state.npz does not match its SHA-256", stderr)
+    self.assertIn("Resuming", stdout)
+    self.assertIn("from version 3 (1 round to redo), up to round 5", stdout)
+    listing = sorted(os.listdir(checkpoints))
+    self.assertStartsWith(listing[0], "corrupt_version_4-")
+    self.assertEqual(listing[1:], [f"version_{v}" for v in range(6)])
+    record, _ = _final(self.root, "corrupt")
+    self.assertLen(record["sampled_clients"], 5)
+    self.assertEqual(record["sampled_clients"][:4], self.straight_record["sampled_clients"])
+    self.assertEqual(_without_wall_times(record["metrics"][:4]),
+                     _without_wall_times(self.straight_record["metrics"]))
+
   def test_sigterm_stops_after_saving_then_resume_is_identical(self):
     status, stdout = _run_until_round(self.root, "term", 1, signal.SIGTERM)
     self.assertEqual(status, 75)

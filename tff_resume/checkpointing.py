@@ -11,7 +11,8 @@ Version N is the state after N rounds; version 0 the initial state. A version is
 last, and the folder renamed to `version_<N>`: a version is listed only when complete. Temporary
 folders left by a killed process are removed by `remove_temporaries()`, called at start. `load` verifies every checksum;
 `load_latest` falls back, with a warning naming it, from a corrupt newest version to the newest good
-one, and raises `NoGoodVersionError` without touching anything when none is good.
+one, and raises `NoGoodVersionError` without touching anything when none is good. A run resuming
+past corrupt versions sets them aside (`corrupt_version_<N>-<time>/`) so it can write them again.
 
 Retention follows `tff.program.FileProgramStateManager`: `keep_total` (0 keeps all), `keep_first`,
 `keep_every_k`; the newest version is never removed.
@@ -23,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from typing import Any
 
 from absl import logging
@@ -123,6 +125,14 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
       logging.warning("Removing an unfinished checkpoint left by an interrupted run: %s", path)
       shutil.rmtree(path)
     return stale
+
+  def set_aside(self, version: int) -> str:
+    """Renames a (corrupt) version to `corrupt_version_<N>-<time>`, kept for inspection but no longer
+    listed, so the run can write that version again. Returns the new path."""
+    new_path = os.path.join(self._root_dir, f"corrupt_version_{version}-{int(time.time())}")
+    os.rename(self.version_path(version), new_path)
+    logging.warning("Set aside corrupt checkpoint version %d as %s", version, new_path)
+    return new_path
 
   def versions(self) -> list[int]:
     """Returns the complete versions on disk, oldest first."""
