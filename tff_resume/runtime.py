@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -62,8 +63,10 @@ class StopRequest:
       raise KeyboardInterrupt
     self.requested = True
     self.signal_name = signal.Signals(signal_number).name
-    print(f"\n{self.signal_name} received: stopping after the current round is saved "
-          "(send it again to stop at once).", flush=True)
+    # os.write, not print: a print here can interrupt a print of the main thread on the same
+    # stream and fail with "reentrant call".
+    os.write(sys.stderr.fileno(), f"\n{self.signal_name} received: stopping after the current "
+             "round is saved (send it again to stop at once).\n".encode())
 
   def __enter__(self) -> "StopRequest":
     for signal_number in (signal.SIGINT, signal.SIGTERM):
