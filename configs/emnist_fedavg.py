@@ -40,7 +40,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.server.momentum = 0.0
 
   config.aggregator = ml_collections.ConfigDict()
-  config.aggregator.name = "mean"  # TFF's default weighted mean.
+  config.aggregator.name = "mean"  # "mean", "compression", "quantize" or "dp".
+  config.aggregator.quantize = ml_collections.ConfigDict()
+  config.aggregator.quantize.bits = 8
+  config.aggregator.quantize.threshold = 20000
+  config.aggregator.quantize.stochastic = True
+  config.aggregator.quantize.hadamard = False
+  config.aggregator.dp = ml_collections.ConfigDict()
+  config.aggregator.dp.noise_multiplier = 0.1
 
   config.training = ml_collections.ConfigDict()
   config.training.total_rounds = 100

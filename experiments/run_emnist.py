@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from tff_resume import accounting
 from tff_resume import atomic_files
 from tff_resume import checkpointing
 from tff_resume import experiment
@@ -64,6 +65,8 @@ def _print_round(result: training.RoundResult, first_round: int, started: float)
   print(f"round {result.round_num:4d}/{result.total_rounds}"
         f"  loss {metrics['client_work/train/loss']:.4f}"
         f"  accuracy {metrics['client_work/train/sparse_categorical_accuracy']:.4f}"
+        f"  bits down {accounting.format_bits(metrics['communication/broadcasted_bits'])}"
+        f" up {accounting.format_bits(metrics['communication/aggregated_bits'])}"
         f"  round {result.round_seconds:.2f} s{checkpoint}"
         f"  ETA {time.strftime('%H:%M:%S', time.gmtime(eta_seconds))}", flush=True)
 
@@ -105,7 +108,7 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
   runtime.start_local_execution_context(show_worker_output=verbose)
   train_data, _ = experiment.load_data(config)
   experiment.check_population(config, train_data)
-  process = experiment.build_process(config)
+  process, communication = experiment.build_process(config)
   state = experiment.initial_state(config, process)
   if record is None:
     record = experiment.new_record(config, fingerprint)
@@ -129,7 +132,7 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
     _, stopped = training.train(
         process=process, state=state, record=record, state_manager=manager,
         total_rounds=config.training.total_rounds,
-        rounds_per_checkpoint=config.checkpoint.rounds_per_checkpoint,
+        rounds_per_checkpoint=config.checkpoint.rounds_per_checkpoint, communication=communication,
         select_clients=select_clients, client_datasets=client_datasets,
         should_stop=lambda: stop.requested, release=tensorboard.write_round,
         on_round=lambda result: _print_round(result, first_round, started),
@@ -141,7 +144,9 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
   last = record.metrics[-1]
   print(f"Done: {record.rounds_done} rounds in {time.monotonic() - started:.1f} s this start; "
         f"final loss {last['client_work/train/loss']:.4f}, accuracy "
-        f"{last['client_work/train/sparse_categorical_accuracy']:.4f}; "
+        f"{last['client_work/train/sparse_categorical_accuracy']:.4f}; broadcast "
+        f"{accounting.format_bits(last['communication/broadcasted_bits'])}, aggregated "
+        f"{accounting.format_bits(last['communication/aggregated_bits'])} in all; "
         f"model weights SHA-256 {record.model_weights_sha256[:16]}...")
   print(f"Status: tff-resume status {paths.run_dir}")
   print(f"TensorBoard: .venv/bin/tensorboard --logdir {paths.root_output_dir}")

@@ -5,6 +5,7 @@ state bytes, the same sampled clients in every round, the same metrics (wall tim
 """
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -14,9 +15,9 @@ import tempfile
 
 from absl.testing import absltest
 import numpy as np
-from tensorboard.backend.event_processing import event_accumulator
 
 from tff_resume import checkpointing
+from tff_resume import metrics_release
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TOTAL_ROUNDS = 4
@@ -69,11 +70,7 @@ def _final(root, name):
 
 
 def _scalars(root, name):
-  """{tag: [(step, value), ...]} as TensorBoard's own EventAccumulator reads the run's logdir."""
-  accumulator = event_accumulator.EventAccumulator(os.path.join(root, name, "logdir"))
-  accumulator.Reload()
-  return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-          for tag in accumulator.Tags()["scalars"]}
+  return metrics_release.read_scalars(os.path.join(root, name, "logdir"))
 
 
 def _without_wall_times(metrics):
@@ -132,6 +129,11 @@ class ResumeEquivalenceTest(absltest.TestCase):
       self.assertEqual([step for step, _ in points], [1, 2, 3, 4], tag)
       if not tag.startswith("time/"):
         self.assertEqual(points, straight_scalars[tag], tag)
+    # The cumulative bits continue exactly across the kill: 4 clients x (7,850 x 32 + 32) a round.
+    self.assertEqual(scalars["communication/aggregated_bits"],
+                     [(r, r * 4 * (7850 * 32 + 32)) for r in range(1, 5)])
+    self.assertEqual(scalars["communication/broadcasted_bits"],
+                     [(r, r * 4 * 7850 * 32) for r in range(1, 5)])
 
   def test_sigkill_after_round_2_then_resume_is_identical(self):
     status, _ = _run_until_round(self.root, "kill2", 2, signal.SIGKILL)
@@ -185,6 +187,22 @@ class ResumeEquivalenceTest(absltest.TestCase):
     self.assertEqual(record["sampled_clients"][:4], self.straight_record["sampled_clients"])
     self.assertEqual(_without_wall_times(record["metrics"][:4]),
                      _without_wall_times(self.straight_record["metrics"]))
+
+  def test_quantized_run_reports_bits_per_round_in_tensorboard(self):
+    status, _, stderr = _run(self.root, "quantized", "--config.aggregator.name=quantize",
+                             "--config.aggregator.quantize.bits=4",
+                             "--config.aggregator.quantize.threshold=0")
+    self.assertEqual(status, 0, stderr)
+    scalars = _scalars(self.root, "quantized")
+    # Per client: the 7,840-value kernel in ceil(7840 * 4 / 28) packed int32s and the 10-value bias
+    # in 2, each with a float32 min and max, and the float32 weight.
+    per_client = (math.ceil(7840 * 4 / 28) + 2 + 2 * 2 + 1) * 32
+    self.assertEqual(scalars["communication/aggregated_bits_per_round"],
+                     [(r, 4 * per_client) for r in range(1, 5)])
+    self.assertEqual(scalars["communication/aggregated_bits"],
+                     [(r, r * 4 * per_client) for r in range(1, 5)])
+    self.assertEqual(scalars["communication/broadcasted_bits"],
+                     _scalars(self.root, "straight")["communication/broadcasted_bits"])
 
   def test_sigterm_stops_after_saving_then_resume_is_identical(self):
     status, stdout = _run_until_round(self.root, "term", 1, signal.SIGTERM)

@@ -85,6 +85,7 @@ def _inspect(args) -> None:
 
 
 def _status(args) -> None:
+  from tff_resume import accounting  # pylint: disable=g-import-not-at-top
   from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
   from tff_resume import paths  # pylint: disable=g-import-not-at-top
 
@@ -120,6 +121,12 @@ def _status(args) -> None:
         f"{' (complete)' if status['complete'] else ''}")
   print(f"  newest good version: {version}; versions on disk: {status['versions']}")
   print(f"  model weights SHA-256: {status['model_weights_sha256']}")
+  last = status["last_metrics"]
+  if "communication/aggregated_bits" in last:
+    print(f"  bits since round 1: broadcast {last['communication/broadcasted_bits']} "
+          f"({accounting.format_bits(last['communication/broadcasted_bits'])}), aggregated "
+          f"{last['communication/aggregated_bits']} "
+          f"({accounting.format_bits(last['communication/aggregated_bits'])})")
   print("  resume log:")
   for start in status["resume_log"]:
     origin = ("fresh start" if start["resumed_from_version"] is None

@@ -7,6 +7,8 @@ Nothing here reads flags. Configuration sections and fields are documented in th
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_resume import accounting
+from tff_resume import aggregators
 from tff_resume import fedavg
 from tff_resume import models
 from tff_resume import run_record
@@ -16,7 +18,6 @@ from tff_resume.data import preprocessing
 from tff_resume.data import synthetic
 
 DATA_SOURCES = ("emnist", "synthetic")
-AGGREGATORS = ("mean",)
 
 
 class ConfigError(ValueError):
@@ -49,14 +50,21 @@ def preprocess_spec(config) -> preprocessing.PreprocessSpec:
       flatten=models.needs_flat_input(config.model.name))
 
 
+def aggregator_spec(config) -> aggregators.AggregatorSpec:
+  quantize = config.aggregator.quantize
+  return aggregators.AggregatorSpec(
+      name=config.aggregator.name, bits=quantize.bits, threshold=quantize.threshold,
+      stochastic=quantize.stochastic, hadamard=quantize.hadamard,
+      noise_multiplier=config.aggregator.dp.noise_multiplier,
+      clients_per_round=config.training.clients_per_round)
+
+
 def validate(config) -> None:
   """Checks every value that does not need the data; raises ConfigError naming the field."""
   _require(config.data.source in DATA_SOURCES, "data.source",
            f"must be one of {', '.join(DATA_SOURCES)}, got {config.data.source!r}.")
   _require(config.model.name in models.MODEL_NAMES, "model.name",
            f"must be one of {', '.join(models.MODEL_NAMES)}, got {config.model.name!r}.")
-  _require(config.aggregator.name in AGGREGATORS, "aggregator.name",
-           f"must be one of {', '.join(AGGREGATORS)}, got {config.aggregator.name!r}.")
   for field in ("training.total_rounds", "training.clients_per_round",
                 "checkpoint.rounds_per_checkpoint", "checkpoint.keep_every_k"):
     section, name = field.split(".")
@@ -68,6 +76,7 @@ def validate(config) -> None:
   _require(0 <= config.server.momentum < 1, "server.momentum",
            f"must be in [0, 1), got {config.server.momentum}.")
   try:
+    aggregators.build_aggregator(aggregator_spec(config))
     preprocess_spec(config).validate()
     if config.data.source == "synthetic":
       synthetic_spec(config).validate()
@@ -89,11 +98,15 @@ def check_population(config, train) -> None:
 
 
 def build_process(config):
+  """Returns (the FedAvg process, its per-client communication cost)."""
   model_fn = models.build_model_fn(config.model.name, num_classes(config), config.training.seed,
                                    preprocessing.element_spec(preprocess_spec(config)))
-  return fedavg.build_fedavg(
+  aggregator = aggregators.build_aggregator(aggregator_spec(config))
+  process = fedavg.build_fedavg(
       model_fn, client_learning_rate=config.client.learning_rate,
-      server_learning_rate=config.server.learning_rate, server_momentum=config.server.momentum)
+      server_learning_rate=config.server.learning_rate, server_momentum=config.server.momentum,
+      model_aggregator=aggregator)
+  return process, accounting.communication_cost(process, aggregator)
 
 
 def initial_state(config, process):

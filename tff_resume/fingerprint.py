@@ -3,7 +3,8 @@
 A run can be resumed only with the same fingerprint. It covers the data (source, digits-only, the
 synthetic set's parameters, and the size in bytes of the EMNIST file), the model, the client and server
 optimizers, the aggregator, the clients per round and the seed. Fields that do not change the math
-(`training.total_rounds`, `checkpoint.*`, `data.cache_dir` itself) may change between starts.
+(`training.total_rounds`, `checkpoint.*`, `data.cache_dir` itself, and the settings of the data
+source and aggregators not chosen) may change between starts.
 """
 
 import os
@@ -45,9 +46,10 @@ def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
   if config["data"]["source"] == "emnist":
     path = emnist.require_emnist_database(config["data"]["cache_dir"] or None)
     fields["data.file_bytes"] = os.path.getsize(path)
-  if config["data"]["source"] != "synthetic":
-    fields = {k: v for k, v in fields.items() if not k.startswith("data.synthetic.")}
-  return fields
+  unused = [] if config["data"]["source"] == "synthetic" else ["data.synthetic."]
+  unused += [f"aggregator.{name}." for name in ("quantize", "dp")
+             if config["aggregator"]["name"] != name]
+  return {k: v for k, v in fields.items() if not k.startswith(tuple(unused))}
 
 
 def differences(saved: Mapping[str, Any],

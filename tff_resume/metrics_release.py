@@ -4,14 +4,37 @@ Each start writes a `SessionLog.START` event at the first round it will run. Ten
 run's event files in order, discards every earlier point at or after that step, so rounds that were
 redone after a kill show once, with the values of the run that completed them. The round's events are
 flushed before its checkpoint is saved, so a checkpointed round never lacks its points.
+
+Values are written as float64 scalar tensors (the scalars plugin's format), exact for integers up to
+2**53, so cumulative bit counts read back exactly; `read_scalars` returns them.
 """
 
 import time
 from typing import Any, Mapping
 
+from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import tensor_pb2
+from tensorboard.compat.proto import tensor_shape_pb2
+from tensorboard.compat.proto import types_pb2
 from tensorboard.summary.writer import event_file_writer
+from tensorboard.util import tensor_util
+
+
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """Returns {tag: [(round, value), ...]} as TensorBoard's own backend reads `logdir` (its
+  plugin EventAccumulator, which applies the SessionLog.START purge), keeping every point."""
+  accumulator = plugin_event_accumulator.EventAccumulator(
+      logdir, size_guidance={plugin_event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  return {tag: [(event.step, float(tensor_util.make_ndarray(event.tensor_proto)))
+                for event in accumulator.Tensors(tag)]
+          for tag in accumulator.Tags()["tensors"]}
 
 
 class TensorBoardRoundWriter:
@@ -29,8 +52,13 @@ class TensorBoardRoundWriter:
 
   def write_round(self, round_num: int, metrics: Mapping[str, Any]) -> None:
     """Writes every numeric metric of a round as a scalar and flushes to disk."""
-    values = [summary_pb2.Summary.Value(tag=name, simple_value=float(value))
-              for name, value in metrics.items() if isinstance(value, (int, float))]
+    values = [
+        summary_pb2.Summary.Value(
+            tag=name, metadata=_SCALAR_METADATA,
+            tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_DOUBLE, double_val=[float(value)],
+                                          tensor_shape=tensor_shape_pb2.TensorShapeProto()))
+        for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)]
     self._writer.add_event(event_pb2.Event(step=round_num, wall_time=time.time(),
                                            summary=summary_pb2.Summary(value=values)))
     self._writer.flush()

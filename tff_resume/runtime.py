@@ -82,6 +82,11 @@ class WorkerStartError(RuntimeError):
   """The TFF worker process could not be started or did not become ready."""
 
 
+def _drop_bitpacking_memory_warning(record: logging.LogRecord) -> bool:
+  """tensorflow-model-optimization warns once per bit-packed tensor, through the root logger."""
+  return not record.getMessage().startswith("This code path can temporarily allocate extra memory")
+
+
 def quiet_tensorflow_logging(verbose: bool = False) -> None:
   """Hides TensorFlow's start-up messages (CUDA, TensorRT, oneDNN) and TFF's info logs unless `verbose`.
 
@@ -93,6 +98,8 @@ def quiet_tensorflow_logging(verbose: bool = False) -> None:
     verbose: show every TensorFlow message and info log.
   """
   os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+  if not verbose:
+    logging.getLogger().addFilter(_drop_bitpacking_memory_warning)
   level = logging.INFO if verbose else logging.WARNING
   logging.getLogger("tensorflow").setLevel(level)
   absl_logging.set_verbosity(_LEVEL_NAMES[level])

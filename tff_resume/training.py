@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tff_resume import accounting
 from tff_resume import atomic_files
 from tff_resume import checkpointing
 from tff_resume import run_record as run_record_lib
@@ -49,6 +50,22 @@ def model_weights_sha256(process, state) -> str:
   return digest.hexdigest()
 
 
+def communication_metrics(cost: accounting.CommunicationCost, num_clients: int,
+                          previous: dict[str, Any] | None) -> dict[str, int]:
+  """Returns a round's broadcast and aggregated bits, per round and cumulative since round 1."""
+  broadcasted = cost.broadcasted_bits_per_client * num_clients
+  aggregated = cost.aggregated_bits_per_client * num_clients
+  previous = previous or {}
+  return {
+      "communication/broadcasted_bits_per_round": broadcasted,
+      "communication/aggregated_bits_per_round": aggregated,
+      "communication/broadcasted_bits":
+          previous.get("communication/broadcasted_bits", 0) + broadcasted,
+      "communication/aggregated_bits":
+          previous.get("communication/aggregated_bits", 0) + aggregated,
+  }
+
+
 def save_checkpoint(state_manager: checkpointing.DurableProgramStateManager, process, state,
                     record: run_record_lib.RunRecord) -> float:
   """Saves `state` and `record` as version `record.rounds_done`; returns the seconds it took."""
@@ -60,7 +77,8 @@ def save_checkpoint(state_manager: checkpointing.DurableProgramStateManager, pro
 
 def train(*, process, state, record: run_record_lib.RunRecord,
           state_manager: checkpointing.DurableProgramStateManager, total_rounds: int,
-          rounds_per_checkpoint: int, select_clients: Callable[[int], list[str]],
+          rounds_per_checkpoint: int, communication: accounting.CommunicationCost,
+          select_clients: Callable[[int], list[str]],
           client_datasets: Callable[[int, list[str]], list], should_stop: Callable[[], bool],
           release: Callable[[int, dict[str, Any]], None], on_round: Callable[[RoundResult], None],
           progress_path: str) -> tuple[Any, bool]:
@@ -73,6 +91,7 @@ def train(*, process, state, record: run_record_lib.RunRecord,
     state_manager: where checkpoint versions go.
     total_rounds: the last round to run.
     rounds_per_checkpoint: save every this many rounds (and always after the last round).
+    communication: the per-client bits of a round, for the communication metrics.
     select_clients: round -> client ids.
     client_datasets: (round, client ids) -> the clients' preprocessed datasets.
     should_stop: polled after each round; when true, the round is saved and the loop stops.
@@ -89,8 +108,11 @@ def train(*, process, state, record: run_record_lib.RunRecord,
     output = process.next(state, client_datasets(round_num, client_ids))
     state = output.state
     round_seconds = time.perf_counter() - started
-    record.add_round(client_ids, {**flatten_metrics(output.metrics),
-                                  "time/round_seconds": round_seconds})
+    previous = record.metrics[-1] if record.metrics else None
+    record.add_round(client_ids, {
+        **flatten_metrics(output.metrics),
+        **communication_metrics(communication, len(client_ids), previous),
+        "time/round_seconds": round_seconds})
     release(round_num, record.metrics[-1])
     atomic_files.write_json_atomically(progress_path, {"last_completed_round": round_num})
     stopping = should_stop()
