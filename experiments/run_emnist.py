@@ -128,13 +128,19 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
   first_round, started = record.rounds_done + 1, time.monotonic()
   tensorboard = metrics_release.TensorBoardRoundWriter(paths.logdir)
   tensorboard.start(first_round)
+  metrics_release.write_metrics_csv(paths.metrics_csv, record.metrics)
+
+  def release(round_num, metrics):
+    tensorboard.write_round(round_num, metrics)
+    metrics_release.write_metrics_csv(paths.metrics_csv, record.metrics)
+
   with runtime.StopRequest() as stop, contextlib.closing(tensorboard):
     _, stopped = training.train(
         process=process, state=state, record=record, state_manager=manager,
         total_rounds=config.training.total_rounds,
         rounds_per_checkpoint=config.checkpoint.rounds_per_checkpoint, communication=communication,
         select_clients=select_clients, client_datasets=client_datasets,
-        should_stop=lambda: stop.requested, release=tensorboard.write_round,
+        should_stop=lambda: stop.requested, release=release,
         on_round=lambda result: _print_round(result, first_round, started),
         progress_path=paths.progress_json)
   if stopped:

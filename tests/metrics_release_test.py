@@ -1,5 +1,7 @@
 """Tests for tff_resume.metrics_release: one TensorBoard point per round across restarts."""
 
+import os
+
 from absl.testing import absltest
 
 from tff_resume import metrics_release
@@ -25,6 +27,19 @@ class TensorBoardRoundWriterTest(absltest.TestCase):
         "clients": [(1, 10.0), (2, 10.0), (3, 10.0), (4, 10.0)],
         "bits": [(5, 2 ** 40 + 1)],
     })
+
+
+class WriteMetricsCsvTest(absltest.TestCase):
+
+  def test_one_row_per_round_and_a_rewrite_drops_redone_rounds(self):
+    path = self.create_tempdir().full_path + "/results/metrics.csv"
+    metrics_release.write_metrics_csv(path, [{"loss": 2.5, "bits": 10}, {"loss": 1.25, "bits": 20},
+                                             {"loss": 9.0, "bits": 30}])
+    metrics_release.write_metrics_csv(path, [{"loss": 2.5, "bits": 10}, {"loss": 1.25, "bits": 20,
+                                                                         "accuracy": 0.5}])
+    with open(path) as csv_file:
+      self.assertEqual(csv_file.read(), "round,loss,bits,accuracy\n1,2.5,10,\n2,1.25,20,0.5\n")
+    self.assertEqual(os.listdir(os.path.dirname(path)), ["metrics.csv"])
 
 
 if __name__ == "__main__":

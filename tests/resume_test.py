@@ -4,6 +4,7 @@ A run killed anywhere and resumed must end bit-identical to a run never interrup
 state bytes, the same sampled clients in every round, the same metrics (wall times aside).
 """
 
+import csv
 import json
 import math
 import os
@@ -73,6 +74,11 @@ def _scalars(root, name):
   return metrics_release.read_scalars(os.path.join(root, name, "logdir"))
 
 
+def _csv_rows(root, name):
+  with open(os.path.join(root, name, "results", "metrics.csv"), newline="") as csv_file:
+    return list(csv.DictReader(csv_file))
+
+
 def _without_wall_times(metrics):
   return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in metrics]
 
@@ -87,13 +93,14 @@ def _snapshot(path):
   return files
 
 
-class ResumeEquivalenceTest(absltest.TestCase):
+class _WithStraightRun(absltest.TestCase):
+  """Runs the small config uninterrupted once per class, as `straight` under `cls.root`."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
-    status, stdout, stderr = _run(cls.root, "straight")
+    status, _, stderr = _run(cls.root, "straight")
     assert status == 0, stderr
     cls.straight_record, cls.straight_leaves = _final(cls.root, "straight")
 
@@ -101,6 +108,9 @@ class ResumeEquivalenceTest(absltest.TestCase):
   def tearDownClass(cls):
     shutil.rmtree(cls.root)
     super().tearDownClass()
+
+
+class ResumeEquivalenceTest(_WithStraightRun):
 
   def _assert_identical_to_straight(self, name):
     record, leaves = _final(self.root, name)
@@ -129,6 +139,10 @@ class ResumeEquivalenceTest(absltest.TestCase):
       self.assertEqual([step for step, _ in points], [1, 2, 3, 4], tag)
       if not tag.startswith("time/"):
         self.assertEqual(points, straight_scalars[tag], tag)
+    csv_rows, straight_rows = _csv_rows(self.root, "kill1"), _csv_rows(self.root, "straight")
+    self.assertEqual([row["round"] for row in csv_rows], ["1", "2", "3", "4"])
+    self.assertEqual([_without_wall_times([row])[0] for row in csv_rows],
+                     [_without_wall_times([row])[0] for row in straight_rows])
     # The cumulative bits continue exactly across the kill: 4 clients x (7,850 x 32 + 32) a round.
     self.assertEqual(scalars["communication/aggregated_bits"],
                      [(r, r * 4 * (7850 * 32 + 32)) for r in range(1, 5)])
@@ -217,23 +231,11 @@ class ResumeEquivalenceTest(absltest.TestCase):
     self._assert_identical_to_straight("term")
 
 
-class ResumeRefusalTest(absltest.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.root = tempfile.mkdtemp()
-    status, _, stderr = _run(cls.root, "done")
-    assert status == 0, stderr
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.root)
-    super().tearDownClass()
+class ResumeRefusalTest(_WithStraightRun):
 
   def test_config_mismatch_is_refused_field_by_field_and_changes_nothing(self):
-    before = _snapshot(os.path.join(self.root, "done"))
-    status, stdout, stderr = _run(self.root, "done", "--config.client.learning_rate=0.5",
+    before = _snapshot(os.path.join(self.root, "straight"))
+    status, stdout, stderr = _run(self.root, "straight", "--config.client.learning_rate=0.5",
                                   "--config.training.seed=7", total_rounds=9)
     self.assertEqual(status, 2)
     self.assertEqual(stdout, "")
@@ -242,22 +244,22 @@ class ResumeRefusalTest(absltest.TestCase):
     self.assertIn("  training.seed: saved 0, now 7\n", stderr)
     self.assertNotIn("total_rounds", stderr)
     self.assertIn("choose another --experiment_name", stderr)
-    self.assertEqual(_snapshot(os.path.join(self.root, "done")), before)
+    self.assertEqual(_snapshot(os.path.join(self.root, "straight")), before)
 
   def test_finished_run_reports_complete_and_changes_nothing(self):
-    before = _snapshot(os.path.join(self.root, "done"))
-    status, stdout, _ = _run(self.root, "done")
+    before = _snapshot(os.path.join(self.root, "straight"))
+    status, stdout, _ = _run(self.root, "straight")
     self.assertEqual(status, 0)
     self.assertIn(f"is complete: {_TOTAL_ROUNDS} rounds done", stdout)
-    self.assertEqual(_snapshot(os.path.join(self.root, "done")), before)
+    self.assertEqual(_snapshot(os.path.join(self.root, "straight")), before)
 
   def test_status_json_shows_the_run(self):
     result = subprocess.run(
-        [sys.executable, "-m", "tff_resume.cli", "status", os.path.join(self.root, "done"),
+        [sys.executable, "-m", "tff_resume.cli", "status", os.path.join(self.root, "straight"),
          "--json", "--round", "2"], capture_output=True, text=True, check=True, cwd=_REPO_ROOT,
         env=dict(os.environ, PYTHONPATH=_REPO_ROOT))
     status = json.loads(result.stdout)
-    record, _ = _final(self.root, "done")
+    record, _ = _final(self.root, "straight")
     self.assertEqual((status["rounds_done"], status["complete"], status["newest_good_version"]),
                      (_TOTAL_ROUNDS, True, _TOTAL_ROUNDS))
     self.assertEqual(status["versions"], list(range(_TOTAL_ROUNDS + 1)))

@@ -1,5 +1,10 @@
-"""Per-round metrics to TensorBoard, continuous across kills and resumes.
+"""Per-round metrics to TensorBoard and a CSV file, continuous across kills and resumes.
 
+CSV: `write_metrics_csv` rewrites the whole file from the run record (one row per round, `round`
+first, then every metric in order of first appearance) through a temporary file and an atomic rename,
+at every start and after every round, so rounds redone after a kill never appear twice.
+
+TensorBoard:
 Each start writes a `SessionLog.START` event at the first round it will run. TensorBoard, reading the
 run's event files in order, discards every earlier point at or after that step, so rounds that were
 redone after a kill show once, with the values of the run that completed them. The round's events are
@@ -9,8 +14,10 @@ Values are written as float64 scalar tensors (the scalars plugin's format), exac
 2**53, so cumulative bit counts read back exactly; `read_scalars` returns them.
 """
 
+import csv
+import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.compat.proto import event_pb2
@@ -20,6 +27,21 @@ from tensorboard.compat.proto import tensor_shape_pb2
 from tensorboard.compat.proto import types_pb2
 from tensorboard.summary.writer import event_file_writer
 from tensorboard.util import tensor_util
+
+
+def write_metrics_csv(path: str, metrics_per_round: Sequence[Mapping[str, Any]]) -> None:
+  """Writes one row per round (round r is `metrics_per_round[r - 1]`) to `path`, atomically."""
+  columns = ["round"]
+  for metrics in metrics_per_round:
+    columns.extend(name for name in metrics if name not in columns)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  temporary_path = f"{path}.tmp-{os.getpid()}"
+  with open(temporary_path, "w", newline="") as csv_file:
+    writer = csv.DictWriter(csv_file, fieldnames=columns)
+    writer.writeheader()
+    for round_num, metrics in enumerate(metrics_per_round, start=1):
+      writer.writerow({"round": round_num, **metrics})
+  os.replace(temporary_path, path)
 
 
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(

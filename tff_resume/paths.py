@@ -24,6 +24,11 @@ class RunPaths:
     return os.path.join(self.run_dir, "logdir")
 
   @property
+  def metrics_csv(self) -> str:
+    """One row per round."""
+    return os.path.join(self.run_dir, "results", "metrics.csv")
+
+  @property
   def config_json(self) -> str:
     return os.path.join(self.run_dir, "config.json")
 
