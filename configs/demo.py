@@ -13,4 +13,5 @@ def get_config() -> ml_collections.ConfigDict:
   config = emnist_fedavg.get_config()
   config.data.source = "synthetic"
   config.training.total_rounds = 10
+  config.evaluation.rounds_per_eval = 5
   return config

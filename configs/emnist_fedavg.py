@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.clients_per_round = 10
   config.training.seed = 0  # Initialization, client sampling and shuffling.
 
+  config.evaluation = ml_collections.ConfigDict()
+  config.evaluation.rounds_per_eval = 10  # Also after the last round; 0 evaluates only then.
+  config.evaluation.max_clients = 0  # Test clients evaluated (first in sorted order); 0 is all.
+
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.rounds_per_checkpoint = 1
   config.checkpoint.keep_total = 5  # 0 keeps every version.

@@ -56,18 +56,24 @@ _USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError,
                 fingerprint_lib.FingerprintMismatchError, checkpointing.NoGoodVersionError)
 
 
-def _print_round(result: training.RoundResult, first_round: int, started: float) -> None:
+def _report_round(result: training.RoundResult, first_round: int, started: float,
+                  tensorboard: metrics_release.TensorBoardRoundWriter) -> None:
+  """Prints the round's line and sends its checkpoint time to TensorBoard."""
+  if result.checkpoint_seconds is not None:
+    tensorboard.write_round(result.round_num, {"time/checkpoint_seconds": result.checkpoint_seconds})
   metrics = result.metrics
   rounds_run = result.round_num - first_round + 1
   eta_seconds = (time.monotonic() - started) / rounds_run * (result.total_rounds - result.round_num)
   checkpoint = ("" if result.checkpoint_seconds is None
                 else f"  checkpoint {result.checkpoint_seconds:.2f} s")
+  evaluation = ("" if "evaluation/sparse_categorical_accuracy" not in metrics
+                else f"  eval accuracy {metrics['evaluation/sparse_categorical_accuracy']:.4f}")
   print(f"round {result.round_num:4d}/{result.total_rounds}"
         f"  loss {metrics['client_work/train/loss']:.4f}"
         f"  accuracy {metrics['client_work/train/sparse_categorical_accuracy']:.4f}"
         f"  bits down {accounting.format_bits(metrics['communication/broadcasted_bits'])}"
         f" up {accounting.format_bits(metrics['communication/aggregated_bits'])}"
-        f"  round {result.round_seconds:.2f} s{checkpoint}"
+        f"{evaluation}  round {result.round_seconds:.2f} s{checkpoint}"
         f"  ETA {time.strftime('%H:%M:%S', time.gmtime(eta_seconds))}", flush=True)
 
 
@@ -94,6 +100,8 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
             f"{config.training.total_rounds} asked for. Nothing to do "
             "(raise --config.training.total_rounds to extend it).")
       return 0
+  train_data, test_data = experiment.load_data(config)
+  experiment.check_population(config, train_data)
   try:
     os.makedirs(paths.run_dir, exist_ok=True)
     atomic_files.write_json_atomically(paths.config_json, config.to_dict())
@@ -106,8 +114,6 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
     manager.set_aside(corrupt)
 
   runtime.start_local_execution_context(show_worker_output=verbose)
-  train_data, _ = experiment.load_data(config)
-  experiment.check_population(config, train_data)
   process, communication = experiment.build_process(config)
   state = experiment.initial_state(config, process)
   if record is None:
@@ -125,9 +131,11 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
           f"{config.training.total_rounds}.")
 
   select_clients, client_datasets = experiment.client_functions(config, train_data)
+  evaluate = experiment.build_evaluation(config, test_data)
   first_round, started = record.rounds_done + 1, time.monotonic()
   tensorboard = metrics_release.TensorBoardRoundWriter(paths.logdir)
   tensorboard.start(first_round)
+  tensorboard.write_hparams(fingerprint_lib.flatten_config(config))
   metrics_release.write_metrics_csv(paths.metrics_csv, record.metrics)
 
   def release(round_num, metrics):
@@ -139,9 +147,10 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
         process=process, state=state, record=record, state_manager=manager,
         total_rounds=config.training.total_rounds,
         rounds_per_checkpoint=config.checkpoint.rounds_per_checkpoint, communication=communication,
+        evaluate=evaluate, rounds_per_eval=config.evaluation.rounds_per_eval,
         select_clients=select_clients, client_datasets=client_datasets,
         should_stop=lambda: stop.requested, release=release,
-        on_round=lambda result: _print_round(result, first_round, started),
+        on_round=lambda result: _report_round(result, first_round, started, tensorboard),
         progress_path=paths.progress_json)
   if stopped:
     print(f"Stopped by {stop.signal_name} after round {record.rounds_done} (saved). "

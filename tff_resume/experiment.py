@@ -70,6 +70,9 @@ def validate(config) -> None:
     section, name = field.split(".")
     value = config[section][name]
     _require(value >= 1, field, f"must be at least 1, got {value}.")
+  for field in ("evaluation.rounds_per_eval", "evaluation.max_clients"):
+    section, name = field.split(".")
+    _require(config[section][name] >= 0, field, f"must be 0 or more, got {config[section][name]}.")
   for field in ("client.learning_rate", "server.learning_rate"):
     section, name = field.split(".")
     _require(config[section][name] > 0, field, f"must be above 0, got {config[section][name]}.")
@@ -129,6 +132,27 @@ def client_functions(config, train):
             for client_id in client_ids]
 
   return select_clients, client_datasets
+
+
+def build_evaluation(config, test_data):
+  """Returns evaluate(model_weights) -> {'evaluation/<metric>': value}, with TFF's federated
+  evaluation (`tff.learning.algorithms.build_fed_eval`) over the test clients, in stored order."""
+  spec = preprocess_spec(config)
+  model_fn = models.build_model_fn(config.model.name, num_classes(config), config.training.seed,
+                                   preprocessing.element_spec(spec))
+  evaluation = tff.learning.algorithms.build_fed_eval(model_fn)
+  client_ids = sorted(test_data.client_ids)[:config.evaluation.max_clients or None]
+  datasets = [preprocessing.preprocess_for_evaluation(test_data.create_tf_dataset_for_client(c),
+                                                      spec) for c in client_ids]
+  initial = evaluation.initialize()
+
+  def evaluate(model_weights):
+    output = evaluation.next(evaluation.set_model_weights(initial, model_weights), datasets)
+    metrics = output.metrics["client_work"]["eval"]["current_round_metrics"]
+    return {f"evaluation/{name}": value.item() if hasattr(value, "item") else value
+            for name, value in metrics.items()}
+
+  return evaluate
 
 
 def new_record(config, fingerprint) -> run_record.RunRecord:

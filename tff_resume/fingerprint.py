@@ -29,19 +29,24 @@ def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
     into[prefix] = value
 
 
+def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
+  """Returns every field of `config` (a dict or ConfigDict) as {dotted field: value}."""
+  fields: dict[str, Any] = {}
+  for section, value in (config.to_dict() if hasattr(config, "to_dict") else config).items():
+    _flatten(section, value, fields)
+  return fields
+
+
 def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
   """Returns {dotted field: value} of every math-changing field of `config` (a dict or ConfigDict).
 
   Raises:
     emnist.DataNotFoundError: the EMNIST file named by the config is missing.
   """
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  fields: dict[str, Any] = {}
-  for section in MATH_SECTIONS:
-    _flatten(section, config[section], fields)
-  for name in MATH_TRAINING_FIELDS:
-    fields[f"training.{name}"] = config["training"][name]
+  all_fields = flatten_config(config)
+  fields = {name: value for name, value in all_fields.items()
+            if name.split(".")[0] in MATH_SECTIONS
+            or name in {f"training.{field}" for field in MATH_TRAINING_FIELDS}}
   del fields["data.cache_dir"]
   if config["data"]["source"] == "emnist":
     path = emnist.require_emnist_database(config["data"]["cache_dir"] or None)

@@ -25,6 +25,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.compat.proto import tensor_pb2
 from tensorboard.compat.proto import tensor_shape_pb2
 from tensorboard.compat.proto import types_pb2
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import event_file_writer
 from tensorboard.util import tensor_util
 
@@ -56,7 +57,7 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
   accumulator.Reload()
   return {tag: [(event.step, float(tensor_util.make_ndarray(event.tensor_proto)))
                 for event in accumulator.Tensors(tag)]
-          for tag in accumulator.Tags()["tensors"]}
+          for tag in accumulator.PluginTagToContent("scalars")}
 
 
 class TensorBoardRoundWriter:
@@ -70,6 +71,12 @@ class TensorBoardRoundWriter:
     self._writer.add_event(event_pb2.Event(
         step=first_round, wall_time=time.time(),
         session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    self._writer.flush()
+
+  def write_hparams(self, hyperparameters: Mapping[str, Any]) -> None:
+    """Records the run's hyperparameters for TensorBoard's HParams dashboard."""
+    self._writer.add_event(event_pb2.Event(
+        step=0, wall_time=time.time(), summary=hparams_summary.hparams_pb(dict(hyperparameters))))
     self._writer.flush()
 
   def write_round(self, round_num: int, metrics: Mapping[str, Any]) -> None:

@@ -78,6 +78,7 @@ def save_checkpoint(state_manager: checkpointing.DurableProgramStateManager, pro
 def train(*, process, state, record: run_record_lib.RunRecord,
           state_manager: checkpointing.DurableProgramStateManager, total_rounds: int,
           rounds_per_checkpoint: int, communication: accounting.CommunicationCost,
+          evaluate: Callable[[Any], dict[str, Any]], rounds_per_eval: int,
           select_clients: Callable[[int], list[str]],
           client_datasets: Callable[[int, list[str]], list], should_stop: Callable[[], bool],
           release: Callable[[int, dict[str, Any]], None], on_round: Callable[[RoundResult], None],
@@ -92,6 +93,8 @@ def train(*, process, state, record: run_record_lib.RunRecord,
     total_rounds: the last round to run.
     rounds_per_checkpoint: save every this many rounds (and always after the last round).
     communication: the per-client bits of a round, for the communication metrics.
+    evaluate: model weights -> evaluation metrics; run every `rounds_per_eval` rounds (0: never
+      before the last) and after the last round.
     select_clients: round -> client ids.
     client_datasets: (round, client ids) -> the clients' preprocessed datasets.
     should_stop: polled after each round; when true, the round is saved and the loop stops.
@@ -113,6 +116,10 @@ def train(*, process, state, record: run_record_lib.RunRecord,
         **flatten_metrics(output.metrics),
         **communication_metrics(communication, len(client_ids), previous),
         "time/round_seconds": round_seconds})
+    if round_num == total_rounds or (rounds_per_eval and round_num % rounds_per_eval == 0):
+      evaluation_started = time.perf_counter()
+      record.metrics[-1].update(evaluate(process.get_model_weights(state)))
+      record.metrics[-1]["time/evaluation_seconds"] = time.perf_counter() - evaluation_started
     release(round_num, record.metrics[-1])
     atomic_files.write_json_atomically(progress_path, {"last_completed_round": round_num})
     stopping = should_stop()
