@@ -27,7 +27,6 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from tff_resume import accounting
 from tff_resume import atomic_files
 from tff_resume import checkpointing
 from tff_resume import experiment
@@ -36,6 +35,7 @@ from tff_resume import metrics_release
 from tff_resume import paths as paths_lib
 from tff_resume import run_record
 from tff_resume import training
+from tff_resume import units
 from tff_resume.data import emnist
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
@@ -71,8 +71,8 @@ def _report_round(result: training.RoundResult, first_round: int, started: float
   print(f"round {result.round_num:4d}/{result.total_rounds}"
         f"  loss {metrics['client_work/train/loss']:.4f}"
         f"  accuracy {metrics['client_work/train/sparse_categorical_accuracy']:.4f}"
-        f"  bits down {accounting.format_bits(metrics['communication/broadcasted_bits'])}"
-        f" up {accounting.format_bits(metrics['communication/aggregated_bits'])}"
+        f"  bits down {units.format_bits(metrics['communication/broadcasted_bits'])}"
+        f" up {units.format_bits(metrics['communication/aggregated_bits'])}"
         f"{evaluation}  round {result.round_seconds:.2f} s{checkpoint}"
         f"  ETA {time.strftime('%H:%M:%S', time.gmtime(eta_seconds))}", flush=True)
 
@@ -160,8 +160,8 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
   print(f"Done: {record.rounds_done} rounds in {time.monotonic() - started:.1f} s this start; "
         f"final loss {last['client_work/train/loss']:.4f}, accuracy "
         f"{last['client_work/train/sparse_categorical_accuracy']:.4f}; broadcast "
-        f"{accounting.format_bits(last['communication/broadcasted_bits'])}, aggregated "
-        f"{accounting.format_bits(last['communication/aggregated_bits'])} in all; "
+        f"{units.format_bits(last['communication/broadcasted_bits'])}, aggregated "
+        f"{units.format_bits(last['communication/aggregated_bits'])} in all; "
         f"model weights SHA-256 {record.model_weights_sha256[:16]}...")
   print(f"Status: tff-resume status {paths.run_dir}")
   print(f"TensorBoard: .venv/bin/tensorboard --logdir {paths.root_output_dir}")

@@ -115,10 +115,6 @@ class CommunicationCostTest(absltest.TestCase):
         for tensor in _real_client_update("linear"))
     self.assertEqual(_cost("linear", spec).aggregated_bits_per_client, expected)
 
-  def test_format_bits_in_human_units(self):
-    self.assertEqual([accounting.format_bits(b) for b in (900, 3 * 2 ** 19, 5 * 2 ** 30 // 4)],
-                     ["900 bit", "1.50 Mibit", "1.25 Gibit"])
-
 
 class AggregatorSpecTest(absltest.TestCase):
 

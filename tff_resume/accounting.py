@@ -24,8 +24,6 @@ CLIENT_TO_SERVER_INTRINSICS = frozenset({
     "federated_aggregate", "federated_sum", "federated_mean", "federated_weighted_mean",
     "federated_secure_sum", "federated_secure_sum_bitwidth", "federated_secure_modular_sum",
 })
-MEBIBIT = 2 ** 20
-GIBIBIT = 2 ** 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +88,3 @@ def communication_cost(process, aggregator: tff.aggregators.WeightedAggregationF
   return CommunicationCost(
       broadcasted_bits_per_client=tensor_bits(model_weights_type),
       aggregated_bits_per_client=client_upload_bits(aggregation.next))
-
-
-def format_bits(bits: int) -> str:
-  """Returns bits in human units: '3.2 Gibit', '512.0 Mibit', '900 bit'."""
-  if bits >= GIBIBIT:
-    return f"{bits / GIBIBIT:.2f} Gibit"
-  if bits >= MEBIBIT:
-    return f"{bits / MEBIBIT:.2f} Mibit"
-  return f"{bits} bit"

@@ -85,9 +85,9 @@ def _inspect(args) -> None:
 
 
 def _status(args) -> None:
-  from tff_resume import accounting  # pylint: disable=g-import-not-at-top
   from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
   from tff_resume import paths  # pylint: disable=g-import-not-at-top
+  from tff_resume import units  # pylint: disable=g-import-not-at-top
 
   run_paths = paths.RunPaths.from_run_dir(args.run_dir)
   manager = checkpointing.DurableProgramStateManager(run_paths.checkpoints)
@@ -124,9 +124,9 @@ def _status(args) -> None:
   last = status["last_metrics"]
   if "communication/aggregated_bits" in last:
     print(f"  bits since round 1: broadcast {last['communication/broadcasted_bits']} "
-          f"({accounting.format_bits(last['communication/broadcasted_bits'])}), aggregated "
+          f"({units.format_bits(last['communication/broadcasted_bits'])}), aggregated "
           f"{last['communication/aggregated_bits']} "
-          f"({accounting.format_bits(last['communication/aggregated_bits'])})")
+          f"({units.format_bits(last['communication/aggregated_bits'])})")
   print("  resume log:")
   for start in status["resume_log"]:
     origin = ("fresh start" if start["resumed_from_version"] is None
