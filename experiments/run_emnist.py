@@ -1,6 +1,6 @@
 """Runs weighted FedAvg on federated EMNIST, resumably: run the same command again to continue.
 
-    python -m experiments.run_emnist --config=configs/demo.py --root_output_dir=runs \
+    python -m experiments.run_emnist --config=configs/demo.py --root_output_dir=runs \\
         --experiment_name=demo
 
 Any config field can be overridden, e.g. `--config.training.total_rounds=20`. Writes
