@@ -107,6 +107,8 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     self._keep_total = keep_total
     self._keep_first = keep_first
     self._keep_every_k = keep_every_k
+    # Manifests already verified by this manager: a resume reads the same version up to three times.
+    self._verified_manifests: dict[int, dict[str, Any]] = {}
 
   @property
   def root_dir(self) -> str:
@@ -131,6 +133,7 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     listed, so the run can write that version again. Returns the new path."""
     new_path = os.path.join(self._root_dir, f"corrupt_version_{version}-{int(time.time())}")
     os.rename(self.version_path(version), new_path)
+    self._verified_manifests.pop(version, None)
     logging.warning("Set aside corrupt checkpoint version %d as %s", version, new_path)
     return new_path
 
@@ -159,6 +162,8 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     manifest_path = os.path.join(path, _MANIFEST_FILE)
     if not os.path.isfile(manifest_path):
       raise tff.program.ProgramStateNotFoundError(version)
+    if version in self._verified_manifests:
+      return self._verified_manifests[version]
     try:
       with open(manifest_path) as manifest_file:
         manifest = json.load(manifest_file)
@@ -167,6 +172,7 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
           raise CorruptVersionError(f"{os.path.join(path, name)} does not match its SHA-256.")
     except (OSError, ValueError, KeyError, TypeError) as error:
       raise CorruptVersionError(f"{path} is unreadable: {error}") from None
+    self._verified_manifests[version] = manifest
     return manifest
 
   def load_metadata(self, version: int) -> dict[str, Any] | None:
@@ -290,3 +296,4 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     for version in versions:
       if version not in keep:
         shutil.rmtree(self.version_path(version))
+        self._verified_manifests.pop(version, None)
