@@ -13,6 +13,7 @@ from tff_resume import fedavg
 from tff_resume import models
 from tff_resume import run_record
 from tff_resume import sampling
+from tff_resume import training
 from tff_resume.data import emnist
 from tff_resume.data import preprocessing
 from tff_resume.data import synthetic
@@ -100,10 +101,14 @@ def check_population(config, train) -> None:
            f"is {config.training.clients_per_round}, above the {population} training clients.")
 
 
+def _model_fn(config):
+  return models.build_model_fn(config.model.name, num_classes(config), config.training.seed,
+                               preprocessing.element_spec(preprocess_spec(config)))
+
+
 def build_process(config):
   """Returns (the FedAvg process, its per-client communication cost)."""
-  model_fn = models.build_model_fn(config.model.name, num_classes(config), config.training.seed,
-                                   preprocessing.element_spec(preprocess_spec(config)))
+  model_fn = _model_fn(config)
   aggregator = aggregators.build_aggregator(aggregator_spec(config))
   process = fedavg.build_fedavg(
       model_fn, client_learning_rate=config.client.learning_rate,
@@ -138,9 +143,7 @@ def build_evaluation(config, test_data):
   """Returns evaluate(model_weights) -> {'evaluation/<metric>': value}, with TFF's federated
   evaluation (`tff.learning.algorithms.build_fed_eval`) over the test clients, in stored order."""
   spec = preprocess_spec(config)
-  model_fn = models.build_model_fn(config.model.name, num_classes(config), config.training.seed,
-                                   preprocessing.element_spec(spec))
-  evaluation = tff.learning.algorithms.build_fed_eval(model_fn)
+  evaluation = tff.learning.algorithms.build_fed_eval(_model_fn(config))
   client_ids = sorted(test_data.client_ids)[:config.evaluation.max_clients or None]
   datasets = [preprocessing.preprocess_for_evaluation(test_data.create_tf_dataset_for_client(c),
                                                       spec) for c in client_ids]
@@ -148,9 +151,8 @@ def build_evaluation(config, test_data):
 
   def evaluate(model_weights):
     output = evaluation.next(evaluation.set_model_weights(initial, model_weights), datasets)
-    metrics = output.metrics["client_work"]["eval"]["current_round_metrics"]
-    return {f"evaluation/{name}": value.item() if hasattr(value, "item") else value
-            for name, value in metrics.items()}
+    return training.flatten_metrics(
+        output.metrics["client_work"]["eval"]["current_round_metrics"], "evaluation/")
 
   return evaluate
 

@@ -20,6 +20,13 @@ class UnknownModelError(ValueError):
   """The model name is not one of MODEL_NAMES."""
 
 
+def check_model_name(model_name: str) -> None:
+  """Raises UnknownModelError unless `model_name` is one of MODEL_NAMES."""
+  if model_name not in MODEL_NAMES:
+    raise UnknownModelError(
+        f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+
+
 def needs_flat_input(model_name: str) -> bool:
   """True when the model takes 784 values rather than a 28x28x1 image."""
   return model_name != "cnn"
@@ -31,6 +38,7 @@ def create_keras_model(model_name: str, num_classes: int, seed: int) -> tf.keras
   Raises:
     UnknownModelError: `model_name` is not one of MODEL_NAMES.
   """
+  check_model_name(model_name)
   seeds = iter(range(seed * 1000, seed * 1000 + 1000))
 
   def dense(units, activation=None):
@@ -55,12 +63,9 @@ def create_keras_model(model_name: str, num_classes: int, seed: int) -> tf.keras
         tf.keras.layers.InputLayer(input_shape=(IMAGE_SIDE * IMAGE_SIDE,)),
         dense(200, "relu"), dense(200, "relu"), dense(num_classes),
     ]
-  elif model_name == "linear":
+  else:
     layers = [tf.keras.layers.InputLayer(input_shape=(IMAGE_SIDE * IMAGE_SIDE,)),
               dense(num_classes)]
-  else:
-    raise UnknownModelError(
-        f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}.")
   return tf.keras.Sequential(layers, name=model_name)
 
 
@@ -73,7 +78,7 @@ def build_model_fn(model_name: str, num_classes: int, seed: int, input_spec):
     seed: initialization seed.
     input_spec: the element spec of the client batches (see `data.preprocessing.element_spec`).
   """
-  create_keras_model(model_name, num_classes, seed)  # Fails now, not inside TFF, on a bad name.
+  check_model_name(model_name)  # Fail now, not inside TFF's tracing.
 
   def model_fn():
     return tff.learning.models.from_keras_model(
