@@ -7,11 +7,12 @@
 import ml_collections
 
 from configs import emnist_fedavg
+from configs import presets
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = emnist_fedavg.get_config()
   config.data.source = "synthetic"
   config.training.total_rounds = 10
   config.evaluation.rounds_per_eval = 5
-  return config
+  return presets.apply(config, preset)

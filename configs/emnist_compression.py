@@ -8,9 +8,10 @@ clipping), on real federated EMNIST.
 import ml_collections
 
 from configs import emnist_fedavg
+from configs import presets
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = emnist_fedavg.get_config()
   config.aggregator.name = "compression"
-  return config
+  return presets.apply(config, preset)

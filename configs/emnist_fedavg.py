@@ -9,8 +9,10 @@ The original FedAvg CNN, 10 clients per round, 5 local epochs, batch 20, client 
 
 import ml_collections
 
+from configs import presets
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.data = ml_collections.ConfigDict()
@@ -63,4 +65,4 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.keep_total = 5  # 0 keeps every version.
   config.checkpoint.keep_first = True
   config.checkpoint.keep_every_k = 1
-  return config
+  return presets.apply(config, preset)

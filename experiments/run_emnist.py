@@ -184,8 +184,37 @@ def main(argv):
     return EXIT_CODE_BAD_INPUT
 
 
+def _from_callers_folder(argv):
+  """Under `bazel run` (cwd is the runfiles tree), resolves relative paths against the caller's folder.
+
+  --root_output_dir always; --config when the caller's folder has the file (else the packaged copy).
+  """
+  callers_folder = os.environ.get("BUILD_WORKING_DIRECTORY")
+  if not callers_folder:
+    return argv
+  resolved = [argv[0]]
+  for arg in argv[1:]:
+    name, _, value = arg.partition("=")
+    if name == "--root_output_dir" and value and not os.path.isabs(value):
+      arg = f"{name}={os.path.join(callers_folder, value)}"
+    elif name == "--config" and value and not os.path.isabs(value):
+      if os.path.isfile(os.path.join(callers_folder, value.split(":", 1)[0])):
+        arg = f"{name}={os.path.join(callers_folder, value)}"
+    resolved.append(arg)
+  if not any(arg.startswith("--root_output_dir=") for arg in resolved):
+    resolved.append(f"--root_output_dir={os.path.join(callers_folder, _ROOT_OUTPUT_DIR.default)}")
+  return resolved
+
+
 def _parse_flags(argv):
   """Parses flags; a bad flag or config override is one line on stderr and exit status 2."""
+  argv = _from_callers_folder(argv)
+  for arg in argv[1:]:
+    config_file = arg.split("=", 1)[1].split(":", 1)[0] if arg.startswith("--config=") else None
+    if config_file is not None and not os.path.isfile(config_file):
+      print(f"run_emnist: error: config file {config_file} not found; the configs are the files in "
+            "configs/ (e.g. --config=configs/demo.py).", file=sys.stderr)
+      sys.exit(EXIT_CODE_BAD_INPUT)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as error:
@@ -194,6 +223,12 @@ def _parse_flags(argv):
     problem = f"unknown config field '{field}'"
   except (flags.Error, TypeError, ValueError) as error:
     problem = str(error)
+    if "Error whilst parsing config file" in problem:
+      # ml_collections folds the config file's own error into a traceback text: keep its last line.
+      last_line = problem.strip().splitlines()[-1]
+      print(f"run_emnist: error: cannot load the config: {last_line.split(': ', 1)[-1]}",
+            file=sys.stderr)
+      sys.exit(EXIT_CODE_BAD_INPUT)
   print(f"run_emnist: error: {problem}; config fields are listed in the README, flags in "
         "--helpfull.", file=sys.stderr)
   sys.exit(EXIT_CODE_BAD_INPUT)
