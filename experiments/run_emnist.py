@@ -42,7 +42,9 @@ from tff_resume.data import emnist
 runtime.install_guard_context()
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path of a configs/*.py file; override fields with --config.section.field=value.",
+    "config", None,
+    "Path of a configs/*.py file, optionally with a preset (configs/demo.py:smoke); override fields "
+    "with --config.section.field=value.",
     lock_config=True)
 _ROOT_OUTPUT_DIR = flags.DEFINE_string("root_output_dir", "runs",
                                        "Folder holding the runs of a study.")
