@@ -28,7 +28,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.data.synthetic.seed = 0
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "cnn"  # "cnn", "2nn" or "linear".
+  config.model.name = "cnn"  # "cnn", "2nn", "linear", or your own as "module:function".
+  config.model.initial_weights = ""  # Warm start: an export folder or a run folder; "" is seeded.
 
   config.client = ml_collections.ConfigDict()
   config.client.learning_rate = 0.02

@@ -31,7 +31,9 @@ from tff_resume import atomic_files
 from tff_resume import checkpointing
 from tff_resume import experiment
 from tff_resume import fingerprint as fingerprint_lib
+from tff_resume import global_model
 from tff_resume import metrics_release
+from tff_resume import participation
 from tff_resume import paths as paths_lib
 from tff_resume import run_record
 from tff_resume import training
@@ -54,7 +56,7 @@ _VERBOSE = flags.DEFINE_bool("verbose", False,
                              "Show TensorFlow's start-up messages, TFF's info logs and worker output.")
 
 EXIT_CODE_BAD_INPUT = 2
-_USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError,
+_USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, global_model.ModelSourceError,
                 fingerprint_lib.FingerprintMismatchError, checkpointing.NoGoodVersionError)
 
 
@@ -133,6 +135,9 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
           f"{config.training.total_rounds}.")
 
   select_clients, client_datasets = experiment.client_functions(config, train_data)
+  client_examples = experiment.client_example_counter(config, train_data)
+  participation_log = participation.ParticipationLog(paths.participation_db)
+  participation_log.keep_rounds_up_to(record.rounds_done)
   evaluate = experiment.build_evaluation(config, test_data)
   first_round, started = record.rounds_done + 1, time.monotonic()
   tensorboard = metrics_release.TensorBoardRoundWriter(paths.logdir)
@@ -143,8 +148,11 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
   def release(round_num, metrics):
     tensorboard.write_round(round_num, metrics)
     metrics_release.write_metrics_csv(paths.metrics_csv, record.metrics)
+    participation_log.add_round(round_num, [(client_id, client_examples(client_id))
+                                            for client_id in record.sampled_clients[-1]])
 
-  with runtime.StopRequest() as stop, contextlib.closing(tensorboard):
+  with (runtime.StopRequest() as stop, contextlib.closing(tensorboard),
+        contextlib.closing(participation_log)):
     _, stopped = training.train(
         process=process, state=state, record=record, state_manager=manager,
         total_rounds=config.training.total_rounds,

@@ -10,6 +10,7 @@ from tff_resume import fedavg
 from tff_resume import models
 from tff_resume import runtime
 from tff_resume import sampling
+from tff_resume import training
 from tff_resume.data import preprocessing
 from tff_resume.data import synthetic
 
@@ -112,8 +113,14 @@ class SyntheticLearnableTest(absltest.TestCase):
                                                 preprocess_spec, seed=0, round_num=round_num,
                                                 client_id=c)
           for c in clients]).state
+    from_computation = process.get_model_weights(state)
+    from_state = training.global_model_weights(process, state)  # The runner's shortcut.
+    for computed, read in zip(from_computation.trainable + from_computation.non_trainable,
+                              from_state.trainable + from_state.non_trainable):
+      self.assertEqual(computed.dtype, read.dtype)
+      self.assertEqual(computed.tobytes(), read.tobytes())
     keras_model = models.create_keras_model(model_name, 10, 0)
-    process.get_model_weights(state).assign_weights_to(keras_model)
+    from_computation.assign_weights_to(keras_model)
     pixels = np.concatenate([e["pixels"] for e in self.test_arrays.values()])
     labels = np.concatenate([e["label"] for e in self.test_arrays.values()])
     inputs = pixels.reshape(len(pixels), -1) if preprocess_spec.flatten else pixels[..., None]

@@ -5,15 +5,19 @@ import os
 from typing import Any
 
 
-def write_json_atomically(path: str, value: Any) -> None:
-  """Writes `value` as JSON to `path` through a flushed temporary file and an atomic rename."""
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a flushed temporary file and an atomic rename."""
   temporary_path = f"{path}.tmp-{os.getpid()}"
   with open(temporary_path, "w") as temporary:
-    json.dump(value, temporary, indent=2, sort_keys=True)
-    temporary.write("\n")
+    temporary.write(text)
     temporary.flush()
     os.fsync(temporary.fileno())
   os.replace(temporary_path, path)
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+  """Writes `value` as indented JSON with sorted keys to `path`, atomically."""
+  write_text_atomically(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str) -> Any:

@@ -202,8 +202,11 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
           "nothing was changed. Move the folder away to start a fresh run.")
     return None
 
-  def load_version(self, version: int, structure: Any) -> Any:
-    """Returns version `version` shaped like `structure`, after verifying its checksums.
+  def load_leaves(self, version: int) -> list[Any]:
+    """Returns the leaves of version `version` in `tree.flatten` order, after verifying checksums.
+
+    A `tff.learning` algorithm state starts with its global model weights: trainable, then
+    non-trainable.
 
     Raises:
       tff.program.ProgramStateNotFoundError: no such version.
@@ -216,7 +219,17 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
         leaves = [arrays[f"leaf_{index}"] for index in range(len(manifest["leaf_kinds"]))]
     except (OSError, ValueError, KeyError) as error:
       raise CorruptVersionError(f"{path} is unreadable: {error}") from None
-    leaves = [_array_to_leaf(kind, array) for kind, array in zip(manifest["leaf_kinds"], leaves)]
+    return [_array_to_leaf(kind, array) for kind, array in zip(manifest["leaf_kinds"], leaves)]
+
+  def load_version(self, version: int, structure: Any) -> Any:
+    """Returns version `version` shaped like `structure`, after verifying its checksums.
+
+    Raises:
+      tff.program.ProgramStateNotFoundError: no such version.
+      CorruptVersionError: it is unreadable or a checksum does not match.
+    """
+    leaves = self.load_leaves(version)
+    path = self.version_path(version)
     try:
       return tree.unflatten_as(structure, leaves)
     except (ValueError, TypeError) as error:

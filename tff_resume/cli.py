@@ -1,6 +1,7 @@
 """The `tff-resume` command: run status, data import and inspection.
 
-    tff-resume status RUN_DIR [--json] [--round N]
+    tff-resume status RUN_DIR [--json] [--round N] [--client ID] [--coverage]
+    tff-resume export RUN_DIR --out DIR [--version N]
     tff-resume data import-leaf --src LEAF_DIR --out CACHE_DIR
     tff-resume data inspect --source {emnist,leaf,synthetic} [--split train|test] ...
 
@@ -27,6 +28,17 @@ def _build_parser() -> argparse.ArgumentParser:
   status.add_argument("--json", action="store_true", help="print one JSON object")
   status.add_argument("--round", type=int, dest="round_num",
                       help="also print the client ids sampled in this round")
+  status.add_argument("--client", dest="client_id",
+                      help="also print this client's participation: rounds and examples")
+  status.add_argument("--coverage", action="store_true",
+                      help="also print how many distinct clients took part, and how often")
+
+  export = commands.add_parser(
+      "export", help="write a version's global model as a Keras file, an .npz and metadata.json")
+  export.add_argument("run_dir", help="the run's folder, ROOT_OUTPUT_DIR/EXPERIMENT_NAME")
+  export.add_argument("--out", required=True, help="new (or empty) folder to write the export into")
+  export.add_argument("--version", type=int, default=None,
+                      help="the checkpoint version (= rounds done) to export; default the newest good")
 
   data = commands.add_parser("data", help="federated EMNIST data: import and inspect")
   data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -86,6 +98,7 @@ def _inspect(args) -> None:
 
 def _status(args) -> None:
   from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
+  from tff_resume import participation  # pylint: disable=g-import-not-at-top
   from tff_resume import paths  # pylint: disable=g-import-not-at-top
   from tff_resume import units  # pylint: disable=g-import-not-at-top
 
@@ -114,6 +127,14 @@ def _status(args) -> None:
   if args.round_num is not None:
     status["round"] = args.round_num
     status["sampled_clients"] = record["sampled_clients"][args.round_num - 1]
+  if args.client_id is not None:
+    rounds = participation.client_participation(run_paths.participation_db, args.client_id,
+                                                rounds_done)
+    status["client"] = {"client_id": args.client_id,
+                        "rounds": [{"round": r, "examples": n} for r, n in rounds],
+                        "participations": len(rounds), "examples": sum(n for _, n in rounds)}
+  if args.coverage:
+    status["coverage"] = participation.coverage(run_paths.participation_db, rounds_done)
   if args.json:
     print(json.dumps(status, indent=2, sort_keys=True))
     return
@@ -138,6 +159,33 @@ def _status(args) -> None:
     print(f"    {name}: {value:.6g}" if isinstance(value, float) else f"    {name}: {value}")
   if args.round_num is not None:
     print(f"  clients of round {args.round_num}: {' '.join(status['sampled_clients'])}")
+  if args.client_id is not None:
+    client = status["client"]
+    print(f"  client {args.client_id}: {client['participations']} rounds, {client['examples']} "
+          "examples per local epoch in all")
+    for entry in client["rounds"]:
+      print(f"    round {entry['round']}: {entry['examples']} examples")
+  if args.coverage:
+    summary = status["coverage"]
+    print(f"  coverage: {summary['distinct_clients']} distinct clients in {summary['rounds']} "
+          f"rounds ({summary['participations']} participations)")
+    if summary["times_per_client"]:
+      times = summary["times_per_client"]
+      print(f"    rounds per client: min {times['min']}, median {times['median']:g}, "
+            f"max {times['max']}")
+      for count, clients in summary["clients_by_times"].items():
+        print(f"    {clients} clients took part {count} time{'s' * (count != 1)}")
+
+
+def _export(args) -> None:
+  from tff_resume import global_model  # pylint: disable=g-import-not-at-top
+
+  metadata = global_model.export_model(args.run_dir, args.out, args.version)
+  print(f"Exported round {metadata['round']} of {args.run_dir} to {args.out}: "
+        f"{global_model.MODEL_FILE}, {global_model.WEIGHTS_FILE}, {global_model.METADATA_FILE} "
+        f"(weights SHA-256 {metadata['model_weights_sha256'][:16]}...).")
+  print(f"Open it with tf.keras.models.load_model({args.out + '/' + global_model.MODEL_FILE!r}); "
+        f"warm-start a run with --config.model.initial_weights={args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,11 +199,11 @@ def main(argv: list[str] | None = None) -> int:
   from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
 
   handlers = {("data", "import-leaf"): _import_leaf, ("data", "inspect"): _inspect,
-              ("status", None): _status}
+              ("status", None): _status, ("export", None): _export}
   try:
     handlers[(args.command, getattr(args, "data_command", None))](args)
   except (emnist.DataNotFoundError, leaf.LeafFormatError, FileExistsError, ValueError,
-          checkpointing.NoGoodVersionError) as error:
+          checkpointing.NoGoodVersionError, checkpointing.CorruptVersionError) as error:
     print(f"tff-resume: error: {error}", file=sys.stderr)
     return EXIT_USAGE_ERROR
   return 0

@@ -9,7 +9,9 @@ import tensorflow_federated as tff
 
 from tff_resume import accounting
 from tff_resume import aggregators
+from tff_resume import checkpointing
 from tff_resume import fedavg
+from tff_resume import global_model
 from tff_resume import models
 from tff_resume import run_record
 from tff_resume import sampling
@@ -64,8 +66,12 @@ def validate(config) -> None:
   """Checks every value that does not need the data; raises ConfigError naming the field."""
   _require(config.data.source in DATA_SOURCES, "data.source",
            f"must be one of {', '.join(DATA_SOURCES)}, got {config.data.source!r}.")
-  _require(config.model.name in models.MODEL_NAMES, "model.name",
-           f"must be one of {', '.join(models.MODEL_NAMES)}, got {config.model.name!r}.")
+  try:
+    models.check_model_name(config.model.name)
+  except models.UnknownModelError as error:
+    raise ConfigError(f"config.model.name: {error}") from None
+  if config.model.initial_weights:
+    initial_model_weights(config)  # Checks the source and every shape now, before any work.
   for field in ("training.total_rounds", "training.clients_per_round",
                 "checkpoint.rounds_per_checkpoint", "checkpoint.keep_every_k"):
     section, name = field.split(".")
@@ -117,7 +123,19 @@ def build_process(config):
   return process, accounting.communication_cost(process, aggregator)
 
 
+def initial_model_weights(config):
+  """The warm start's weights (`model.initial_weights`) as ModelWeights; raises ConfigError."""
+  try:
+    return global_model.load_initial_weights(config.model.initial_weights, config.model.name,
+                                             num_classes(config), config.training.seed)
+  except (global_model.ModelSourceError, checkpointing.CorruptVersionError) as error:
+    raise ConfigError(f"config.model.initial_weights: {error}") from None
+
+
 def initial_state(config, process):
+  """The state before round 1: the warm start's weights, or the model's seeded initial weights."""
+  if config.model.initial_weights:
+    return process.set_model_weights(process.initialize(), initial_model_weights(config))
   return fedavg.initialize(process, config.model.name, num_classes(config), config.training.seed)
 
 
@@ -137,6 +155,22 @@ def client_functions(config, train):
             for client_id in client_ids]
 
   return select_clients, client_datasets
+
+
+def client_example_counter(config, train):
+  """Returns examples(client_id): the client's training examples per local epoch (after
+  `client.max_examples_per_client`), counted once per client and remembered."""
+  counts = {}
+  limit = config.client.max_examples_per_client or None
+
+  def examples(client_id):
+    if client_id not in counts:
+      dataset = train.create_tf_dataset_for_client(client_id)
+      total = int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+      counts[client_id] = min(total, limit) if limit else total
+    return counts[client_id]
+
+  return examples
 
 
 def build_evaluation(config, test_data):

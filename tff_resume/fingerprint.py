@@ -1,7 +1,8 @@
 """The fingerprint of a run: every configuration field that changes the math.
 
 A run can be resumed only with the same fingerprint. It covers the data (source, digits-only, the
-synthetic set's parameters, and the size in bytes of the EMNIST file), the model, the client and server
+synthetic set's parameters, and the size in bytes of the EMNIST file), the model (with the SHA-256 of a
+warm start's source), the client and server
 optimizers, the aggregator, the clients per round and the seed. Fields that do not change the math
 (`training.total_rounds`, `checkpoint.*`, `data.cache_dir` itself, and the settings of the data
 source and aggregators not chosen) may change between starts.
@@ -10,6 +11,7 @@ source and aggregators not chosen) may change between starts.
 import os
 from typing import Any, Mapping
 
+from tff_resume import global_model
 from tff_resume.data import emnist
 
 MATH_SECTIONS = ("data", "model", "client", "server", "aggregator")
@@ -48,6 +50,11 @@ def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
             if name.split(".")[0] in MATH_SECTIONS
             or name in {f"training.{field}" for field in MATH_TRAINING_FIELDS}}
   del fields["data.cache_dir"]
+  if fields.get("model.initial_weights"):
+    fields["model.initial_weights_sha256"] = global_model.source_sha256(
+        fields["model.initial_weights"])
+  elif "model.initial_weights" in fields:
+    del fields["model.initial_weights"]  # Not set: fingerprints stay those of runs before the field.
   if config["data"]["source"] == "emnist":
     path = emnist.require_emnist_database(config["data"]["cache_dir"] or None)
     fields["data.file_bytes"] = os.path.getsize(path)

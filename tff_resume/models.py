@@ -7,7 +7,13 @@
 
 Every initializer has its own seed derived from the model seed, so the same seed gives the same
 initial weights in any process. Models output logits.
+
+Your own model: a model name of the form `module:function` names a Python callable
+`function(num_classes, seed)` returning an uncompiled `tf.keras.Model` that maps images
+`[batch, 28, 28, 1]` to logits `[batch, num_classes]` (see `experiments/custom_model.py`).
 """
+
+import importlib
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -17,19 +23,42 @@ IMAGE_SIDE = 28
 
 
 class UnknownModelError(ValueError):
-  """The model name is not one of MODEL_NAMES."""
+  """The model name is not one of MODEL_NAMES nor an importable `module:function`."""
+
+
+def is_custom(model_name: str) -> bool:
+  """True when `model_name` names a callable, `module:function`."""
+  return ":" in model_name
+
+
+def _custom_model_callable(model_name: str):
+  module_name, _, function_name = model_name.partition(":")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as error:
+    raise UnknownModelError(
+        f"Cannot import module {module_name!r} of model {model_name!r}: {error}. Put it on "
+        "PYTHONPATH (or in the folder you run from).") from None
+  function = getattr(module, function_name, None)
+  if not callable(function):
+    raise UnknownModelError(
+        f"Module {module_name!r} has no function {function_name!r} (model {model_name!r}).")
+  return function
 
 
 def check_model_name(model_name: str) -> None:
-  """Raises UnknownModelError unless `model_name` is one of MODEL_NAMES."""
-  if model_name not in MODEL_NAMES:
+  """Raises UnknownModelError unless `model_name` is one of MODEL_NAMES or an importable callable."""
+  if is_custom(model_name):
+    _custom_model_callable(model_name)
+  elif model_name not in MODEL_NAMES:
     raise UnknownModelError(
-        f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+        f"Unknown model {model_name!r}; choose one of {', '.join(MODEL_NAMES)}, or name your own "
+        "as module:function.")
 
 
 def needs_flat_input(model_name: str) -> bool:
-  """True when the model takes 784 values rather than a 28x28x1 image."""
-  return model_name != "cnn"
+  """True when the model takes 784 values rather than a 28x28x1 image (custom models take images)."""
+  return model_name in ("2nn", "linear")
 
 
 def create_keras_model(model_name: str, num_classes: int, seed: int) -> tf.keras.Model:
@@ -39,6 +68,12 @@ def create_keras_model(model_name: str, num_classes: int, seed: int) -> tf.keras
     UnknownModelError: `model_name` is not one of MODEL_NAMES.
   """
   check_model_name(model_name)
+  if is_custom(model_name):
+    model = _custom_model_callable(model_name)(num_classes=num_classes, seed=seed)
+    if not isinstance(model, tf.keras.Model):
+      raise UnknownModelError(
+          f"Model function {model_name!r} returned {type(model).__name__}, not a tf.keras.Model.")
+    return model
   seeds = iter(range(seed * 1000, seed * 1000 + 1000))
 
   def dense(units, activation=None):
@@ -73,7 +108,7 @@ def build_model_fn(model_name: str, num_classes: int, seed: int, input_spec):
   """Returns a no-argument function building the model as a `tff.learning.models.VariableModel`.
 
   Args:
-    model_name: one of MODEL_NAMES.
+    model_name: one of MODEL_NAMES, or `module:function`.
     num_classes: 10 for digits, 62 for all of EMNIST.
     seed: initialization seed.
     input_spec: the element spec of the client batches (see `data.preprocessing.element_spec`).

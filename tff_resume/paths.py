@@ -29,6 +29,11 @@ class RunPaths:
     return os.path.join(self.run_dir, "results", "metrics.csv")
 
   @property
+  def participation_db(self) -> str:
+    """Per-client participation: one row per sampled client per round (SQLite)."""
+    return os.path.join(self.run_dir, "results", "participation.sqlite")
+
+  @property
   def config_json(self) -> str:
     return os.path.join(self.run_dir, "config.json")
 

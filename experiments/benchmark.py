@@ -1,0 +1,473 @@
+"""Benchmarks the runner side by side: wrapper overhead, compute floor, checkpoints, resume, scaling.
+
+    python -m experiments.benchmark --out runs/benchmark
+
+Writes OUT/benchmark.json and OUT/benchmark.md. Every comparison runs its contenders in the same
+process, alternating them (A B, then B A, ...) for several repetitions, and reports medians and their
+ratios: absolute times on a shared machine are not comparable across runs, ratios measured side by side
+are. The workload is the FedAvg CNN on synthetic EMNIST-shaped data, 10 clients x 100 examples, batch
+20, 5 local epochs (the demo config), unless a section says otherwise. `--quick` shrinks everything
+to seconds (the tests use it); its numbers mean nothing.
+"""
+
+import asyncio
+import contextlib
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from tff_resume import runtime
+
+runtime.quiet_tensorflow_logging(verbose="--verbose" in sys.argv[1:])
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import tensorflow as tf
+import tensorflow_federated as tff
+from absl import app
+from absl import flags
+
+from configs import demo
+from tff_resume import atomic_files
+from tff_resume import checkpointing
+from tff_resume import experiment
+from tff_resume import fingerprint as fingerprint_lib
+from tff_resume import metrics_release
+from tff_resume import models
+from tff_resume import training
+# pylint: enable=g-import-not-at-top,g-bad-import-order
+
+runtime.install_guard_context()
+
+_OUT = flags.DEFINE_string("out", None, "Folder to write benchmark.json and benchmark.md into.",
+                           required=True)
+_REPETITIONS = flags.DEFINE_integer("repetitions", 5, "Repetitions of each side-by-side comparison.")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny workload and 2 repetitions (for tests; numbers "
+                           "mean nothing).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show TensorFlow's and TFF's messages.")
+
+_RESUME_TOTAL_ROUNDS = 10
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = {
+    "wrapper_overhead": 1.03,
+    "floor_ratio": 1.3,
+    "checkpoint_save_vs_file_manager": 0.5,
+    "checkpoint_share_of_round": 0.02,
+    "resume_extra_seconds": 1.0,
+}
+
+
+def _log(message: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def scaling_client_counts(quick: bool) -> tuple[int, ...]:
+  return (2, 4) if quick else (10, 20, 50)
+
+
+def workload_config(quick: bool, model_name: str = "cnn"):
+  """The benchmark's config: the demo config with equal-sized clients, enough of them for scaling."""
+  config = demo.get_config()
+  config.model.name = model_name
+  config.data.synthetic.num_clients = max(scaling_client_counts(quick))
+  config.data.synthetic.min_examples_per_client = 20 if quick else 100
+  config.data.synthetic.max_examples_per_client = 20 if quick else 100
+  config.training.clients_per_round = 2 if quick else 10
+  config.training.total_rounds = 1000
+  config.client.epochs = 1 if quick else 5
+  config.checkpoint.keep_total = 2
+  return config
+
+
+def alternate(contenders, repetitions: int) -> dict[str, list[float]]:
+  """Times each contender once per repetition, reversing their order every other repetition.
+
+  Args:
+    contenders: name -> a function of no arguments.
+    repetitions: how many times each runs.
+
+  Returns:
+    name -> wall seconds of each run.
+  """
+  names = list(contenders)
+  seconds = {name: [] for name in names}
+  for repetition in range(repetitions):
+    for name in (names if repetition % 2 == 0 else names[::-1]):
+      started = time.perf_counter()
+      contenders[name]()
+      seconds[name].append(time.perf_counter() - started)
+  return seconds
+
+
+def summarize(seconds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+  return {name: {"median_s": statistics.median(values), "min_s": min(values),
+                 "max_s": max(values), "n": len(values)} for name, values in seconds.items()}
+
+
+class FloorTrainer:
+  """The compute floor: the same SGD steps as FedAvg's clients in one plain TensorFlow tf.function.
+
+  Each client starts from the global weights and takes one SGD step per batch of its (already
+  shuffled, repeated and batched) dataset; the weighted mean of the client models is the new model.
+  """
+
+  def __init__(self, config):
+    self._model = models.create_keras_model(config.model.name, experiment.num_classes(config),
+                                            config.training.seed)
+    self._learning_rate = config.client.learning_rate
+    self._loss = tf.keras.losses.SparseCategoricalCrossentropy()
+    self._weights = [variable.numpy() for variable in self._model.trainable_variables]
+    self._train = tf.function(self._train_client)
+
+  def _train_client(self, dataset):
+    examples = tf.constant(0, tf.int32)
+    for batch in dataset:
+      with tf.GradientTape() as tape:
+        loss = self._loss(batch["y"], self._model(batch["x"], training=True))
+      gradients = tape.gradient(loss, self._model.trainable_variables)
+      for variable, gradient in zip(self._model.trainable_variables, gradients):
+        variable.assign_sub(self._learning_rate * gradient)
+      examples += tf.shape(batch["y"])[0]
+    return examples
+
+  def round(self, datasets) -> None:
+    total = [tf.zeros_like(weight) for weight in self._weights]
+    examples_seen = 0
+    for dataset in datasets:
+      for variable, weight in zip(self._model.trainable_variables, self._weights):
+        variable.assign(weight)
+      examples = float(self._train(dataset))
+      examples_seen += examples
+      total = [acc + examples * variable for acc, variable in
+               zip(total, self._model.trainable_variables)]
+    self._weights = [(acc / examples_seen).numpy() for acc in total]
+
+
+class Workload:
+  """A FedAvg process with its data, client functions and a bare-loop state."""
+
+  def __init__(self, config):
+    self.config = config
+    self.train_data, _ = experiment.load_data(config)
+    self.process, self.communication = experiment.build_process(config)
+    self.initial_state = experiment.initial_state(config, self.process)
+    self.select_clients, self.client_datasets = experiment.client_functions(config,
+                                                                            self.train_data)
+    self.bare_state = self.initial_state
+    self.bare_round_num = 0
+
+  def datasets(self, round_num: int, num_clients: int | None = None):
+    client_ids = self.select_clients(round_num)
+    if num_clients is not None:
+      client_ids = sorted(self.train_data.client_ids)[:num_clients]
+    return self.client_datasets(round_num, client_ids)
+
+  def bare_round(self, datasets=None) -> None:
+    """`process.next` on the clients of the next round; nothing else."""
+    self.bare_round_num += 1
+    datasets = datasets or self.datasets(self.bare_round_num)
+    self.bare_state = self.process.next(self.bare_state, datasets).state
+
+
+class RunnerLoop:
+  """What the runner does around `process.next` each round: sampling, datasets, metrics, accounting,
+  TensorBoard, CSV, progress file and a checkpoint version, through `training.train`."""
+
+  def __init__(self, workload: Workload, run_dir: str):
+    config = workload.config
+    self._workload = workload
+    self._manager = checkpointing.DurableProgramStateManager(
+        os.path.join(run_dir, "checkpoints"), keep_total=config.checkpoint.keep_total)
+    self._record = experiment.new_record(config, fingerprint_lib.compute_fingerprint(config))
+    self._state = workload.initial_state
+    self._tensorboard = metrics_release.TensorBoardRoundWriter(os.path.join(run_dir, "logdir"))
+    self._tensorboard.start(1)
+    self._csv = os.path.join(run_dir, "results", "metrics.csv")
+    self._progress = os.path.join(run_dir, "progress.json")
+    self.checkpoint_seconds = []
+
+  def _release(self, round_num, metrics):
+    self._tensorboard.write_round(round_num, metrics)
+    metrics_release.write_metrics_csv(self._csv, self._record.metrics)
+
+  def round(self) -> None:
+    workload = self._workload
+    self._state, _ = training.train(
+        process=workload.process, state=self._state, record=self._record,
+        state_manager=self._manager, total_rounds=self._record.rounds_done + 1,
+        rounds_per_checkpoint=1, communication=workload.communication,
+        evaluate=lambda weights: {}, rounds_per_eval=0, select_clients=workload.select_clients,
+        client_datasets=workload.client_datasets, should_stop=lambda: False,
+        release=self._release, on_round=lambda result: self.checkpoint_seconds.append(
+            result.checkpoint_seconds), progress_path=self._progress)
+
+  def close(self) -> None:
+    self._tensorboard.close()
+
+
+def bench_rounds(workload: Workload, scratch: str, repetitions: int) -> dict:
+  """Sections 1 and 2: runner round, bare `process.next` round and the plain-TF floor, alternated."""
+  runner = RunnerLoop(workload, os.path.join(scratch, "runner"))
+  floor = FloorTrainer(workload.config)
+  floor_datasets = workload.datasets(1)
+  _log("rounds: warm-up (tracing)")
+  workload.bare_round()
+  runner.round()
+  floor.round(floor_datasets)
+  seconds = alternate({"bare_process_next": workload.bare_round, "runner": runner.round,
+                       "plain_tf_floor": lambda: floor.round(floor_datasets)}, repetitions)
+  runner.close()
+  summary = summarize(seconds)
+  bare = summary["bare_process_next"]["median_s"]
+  return {
+      "contenders": summary,
+      "wrapper_overhead": summary["runner"]["median_s"] / bare,
+      "floor_ratio": bare / summary["plain_tf_floor"]["median_s"],
+      "runner_checkpoint_median_s": statistics.median(runner.checkpoint_seconds[1:]),
+  }
+
+
+def bench_checkpoints(workload: Workload, scratch: str, repetitions: int,
+                      bare_round_s: float) -> dict:
+  """Section 3: save and load of one FedAvg server state, ours against TFF's FileProgramStateManager."""
+  state = workload.bare_state
+  ours = checkpointing.DurableProgramStateManager(os.path.join(scratch, "ours"), keep_total=2)
+  theirs = tff.program.FileProgramStateManager(os.path.join(scratch, "tff"), keep_total=2)
+  record = experiment.new_record(workload.config, fingerprint_lib.compute_fingerprint(
+      workload.config))
+  versions = {"tff": 0}
+  loop = runtime_loop()
+
+  def save_ours():  # As the runner saves: weights SHA-256 and run record included.
+    record.add_round(["client"], {"round": len(record.metrics) + 1})
+    training.save_checkpoint(ours, workload.process, state, record)
+
+  def save_tff():
+    versions["tff"] += 1
+    loop.run_until_complete(theirs.save(state, versions["tff"]))
+
+  seconds = alternate({"save_ours": save_ours, "save_file_program_state_manager": save_tff},
+                      repetitions)
+  seconds.update(alternate({
+      "load_ours": lambda: ours.load_version(ours.latest_good_version(), state),
+      "load_file_program_state_manager":
+          lambda: loop.run_until_complete(theirs.load(versions["tff"], state)),
+  }, repetitions))
+  summary = summarize(seconds)
+  save = summary["save_ours"]["median_s"]
+  return {
+      "contenders": summary,
+      "state_bytes": os.path.getsize(os.path.join(ours.version_path(ours.latest_good_version()),
+                                                  "state.npz")),
+      "checkpoint_save_vs_file_manager":
+          save / summary["save_file_program_state_manager"]["median_s"],
+      "checkpoint_load_vs_file_manager":
+          summary["load_ours"]["median_s"] / summary["load_file_program_state_manager"]["median_s"],
+      "checkpoint_share_of_round": save / bare_round_s,
+  }
+
+
+def runtime_loop():
+  """An event loop for the async `tff.program` API."""
+  loop = asyncio.new_event_loop()
+  asyncio.set_event_loop(loop)
+  return loop
+
+
+def _runner_command(root: str, name: str, quick: bool, total_rounds: int) -> list[str]:
+  config = workload_config(quick)
+  overrides = {
+      "model.name": config.model.name,
+      "data.synthetic.num_clients": config.data.synthetic.num_clients,
+      "data.synthetic.min_examples_per_client": config.data.synthetic.min_examples_per_client,
+      "data.synthetic.max_examples_per_client": config.data.synthetic.max_examples_per_client,
+      "training.clients_per_round": config.training.clients_per_round,
+      "training.total_rounds": total_rounds,
+      "client.epochs": config.client.epochs,
+      "evaluation.rounds_per_eval": 0,
+      "evaluation.max_clients": 1,
+  }
+  return [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py",
+          f"--root_output_dir={root}", f"--experiment_name={name}",
+          *[f"--config.{field}={value}" for field, value in overrides.items()]]
+
+
+def _seconds_until_round(command: list[str], round_num: int, total_rounds: int) -> float:
+  """Starts the runner; returns the seconds from its start until it reports `round_num`, then kills
+  it (SIGKILL: the benchmark only times the way there)."""
+  started = time.perf_counter()
+  process = subprocess.Popen(command, cwd=_REPO_ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True,
+                             env=dict(os.environ, PYTHONPATH=_REPO_ROOT))
+  try:
+    for line in process.stdout:
+      if line.startswith(f"round {round_num:4d}/{total_rounds} "):
+        return time.perf_counter() - started
+    raise RuntimeError(f"the runner exited with status {process.wait()} before round {round_num}: "
+                       f"{' '.join(command)}")
+  finally:
+    process.kill()
+    process.wait()
+
+
+def bench_resume(scratch: str, quick: bool, repetitions: int) -> dict:
+  """Section 4: process start to the end of the first new round, resumed after a kill (from version
+  2, round 3) against a cold start of the same config (round 1). Neither is the last round, which
+  would add the final evaluation."""
+  total = _RESUME_TOTAL_ROUNDS
+  killed = os.path.join(scratch, "killed")
+  _seconds_until_round(_runner_command(scratch, "killed", quick, total), 2, total)  # Then SIGKILL.
+  counter = {"cold": 0, "resumed": 0}
+
+  def cold():
+    counter["cold"] += 1
+    _seconds_until_round(_runner_command(scratch, f"cold{counter['cold']}", quick, total), 1, total)
+
+  def resumed():
+    counter["resumed"] += 1
+    name = f"resumed{counter['resumed']}"
+    shutil.copytree(killed, os.path.join(scratch, name))
+    _seconds_until_round(_runner_command(scratch, name, quick, total), 3, total)
+
+  summary = summarize(alternate({"cold_start_to_round_1": cold, "resume_to_round_3": resumed},
+                                repetitions))
+  return {"contenders": summary,
+          "resume_extra_seconds": (summary["resume_to_round_3"]["median_s"]
+                                   - summary["cold_start_to_round_1"]["median_s"])}
+
+
+def _peak_rss_bytes(pid: int | str) -> int:
+  with open(f"/proc/{pid}/status") as status:
+    for line in status:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  return 0
+
+
+def _reset_peak_rss(pid: int | str) -> None:
+  with contextlib.suppress(OSError):
+    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+      clear_refs.write("5")
+
+
+def bench_scaling(quick: bool, worker: runtime.LocalWorker, repetitions: int,
+                  cnn: "Workload") -> list[dict]:
+  """Section 5: round time and peak memory (worker and Python) against clients per round and model."""
+  client_counts = scaling_client_counts(quick)
+  cases = [(cnn, count) for count in client_counts]
+  for model_name in ("linear", "2nn"):
+    cases.append((Workload(workload_config(quick, model_name)), client_counts[0]))
+  rows = []
+  for workload, count in cases:
+    datasets = workload.datasets(1, count)
+    workload.bare_round(datasets)  # Warm-up for this number of clients.
+    for pid in (worker.pid, "self"):
+      _reset_peak_rss(pid)
+    median = statistics.median(
+        alternate({"round": lambda: workload.bare_round(datasets)}, repetitions)["round"])
+    examples = count * workload.config.data.synthetic.max_examples_per_client * (
+        workload.config.client.epochs)
+    rows.append({"model": workload.config.model.name, "clients_per_round": count,
+                 "examples_processed": examples, "round_median_s": median,
+                 "ms_per_1000_examples": 1000 * median / examples * 1000,
+                 "worker_peak_rss_bytes": _peak_rss_bytes(worker.pid),
+                 "python_peak_rss_bytes": _peak_rss_bytes("self")})
+    _log(f"scaling: {workload.config.model.name} x {count} clients: {median:.2f} s")
+  return rows
+
+
+def _verdict(name: str, value: float) -> str:
+  target = TARGETS[name]
+  if value <= target:
+    return "met"
+  if name == "resume_extra_seconds":
+    return f"missed by {value - target:.2f} s"
+  return f"missed by {100 * (value / target - 1):.1f}%"
+
+
+def render_markdown(report: dict) -> str:
+  """The report as Markdown: the targets table, then each section's medians."""
+  lines = [f"# tff_resume benchmark, {report['date']}", "",
+           f"Machine: {report['machine']}. Workload: {report['workload']}. "
+           f"{report['repetitions']} alternated repetitions per comparison; medians.", "",
+           "| measure | value | target | verdict |", "| --- | --- | --- | --- |"]
+  for name, value in report["targets"].items():
+    unit = " s" if name == "resume_extra_seconds" else ""
+    shown = f"{value['value']:.3f}{unit}"
+    lines.append(f"| {name} | {shown} | <= {value['target']}{unit} | {value['verdict']} |")
+  for section in ("rounds", "checkpoints", "resume"):
+    lines += ["", f"## {section}", "", "| contender | median s | min s | max s |",
+              "| --- | --- | --- | --- |"]
+    for name, stats in report[section]["contenders"].items():
+      lines.append(f"| {name} | {stats['median_s']:.4f} | {stats['min_s']:.4f} | "
+                   f"{stats['max_s']:.4f} |")
+  lines += ["", "## scaling", "",
+            "| model | clients | examples | round median s | ms per 1000 examples | worker peak MiB "
+            "| python peak MiB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+  for row in report["scaling"]:
+    lines.append(f"| {row['model']} | {row['clients_per_round']} | {row['examples_processed']} | "
+                 f"{row['round_median_s']:.3f} | {row['ms_per_1000_examples']:.1f} | "
+                 f"{row['worker_peak_rss_bytes'] / 2**20:.0f} | "
+                 f"{row['python_peak_rss_bytes'] / 2**20:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  runtime.quiet_tensorflow_logging(_VERBOSE.value)
+  quick = _QUICK.value
+  repetitions = 2 if quick else _REPETITIONS.value
+  if repetitions < 1:
+    print("benchmark: error: --repetitions must be at least 1.", file=sys.stderr)
+    return 2
+  os.makedirs(_OUT.value, exist_ok=True)
+  started = time.perf_counter()
+  worker = runtime.start_local_execution_context(show_worker_output=_VERBOSE.value)
+  with tempfile.TemporaryDirectory(prefix="tff_resume_benchmark_") as scratch:
+    _log("building the FedAvg CNN workload")
+    cnn = Workload(workload_config(quick))
+    _log("sections 1-2: runner vs bare process.next vs plain-TF floor")
+    rounds = bench_rounds(cnn, scratch, repetitions)
+    _log("section 3: checkpoints")
+    checkpoints = bench_checkpoints(
+        cnn, scratch, repetitions, rounds["contenders"]["bare_process_next"]["median_s"])
+    _log("section 4: resume latency (runner subprocesses)")
+    resume = bench_resume(scratch, quick, repetitions)
+    _log("section 5: scaling")
+    scaling = bench_scaling(quick, worker, max(1, repetitions // 2), cnn)
+  values = {"wrapper_overhead": rounds["wrapper_overhead"], "floor_ratio": rounds["floor_ratio"],
+            "checkpoint_save_vs_file_manager": checkpoints["checkpoint_save_vs_file_manager"],
+            "checkpoint_share_of_round": checkpoints["checkpoint_share_of_round"],
+            "resume_extra_seconds": resume["resume_extra_seconds"]}
+  config = workload_config(quick)
+  report = {
+      "date": datetime.date.today().isoformat(),
+      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}",
+      "versions": {"tensorflow": tf.__version__, "tensorflow_federated": tff.__version__,
+                   "python": platform.python_version()},
+      "workload": (f"FedAvg {config.model.name}, {config.training.clients_per_round} clients x "
+                   f"{config.data.synthetic.max_examples_per_client} synthetic examples, "
+                   f"{config.client.epochs} epochs, batch {config.client.batch_size}"),
+      "quick": quick, "repetitions": repetitions,
+      "targets": {name: {"value": value, "target": TARGETS[name], "verdict": _verdict(name, value)}
+                  for name, value in values.items()},
+      "rounds": rounds, "checkpoints": checkpoints, "resume": resume, "scaling": scaling,
+      "seconds": time.perf_counter() - started,
+  }
+  json_path = os.path.join(_OUT.value, "benchmark.json")
+  markdown_path = os.path.join(_OUT.value, "benchmark.md")
+  atomic_files.write_json_atomically(json_path, report)
+  markdown = render_markdown(report)
+  atomic_files.write_text_atomically(markdown_path, markdown)
+  print(markdown, end="")
+  print(f"Wrote {json_path} and {markdown_path} in {report['seconds']:.0f} s.")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)
