@@ -39,6 +39,7 @@ from tff_resume import fingerprint as fingerprint_lib
 from tff_resume import metrics_release
 from tff_resume import models
 from tff_resume import training
+from tff_resume.data import preprocessing
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 runtime.install_guard_context()
@@ -189,6 +190,7 @@ class RunnerLoop:
     self._csv = os.path.join(run_dir, "results", "metrics.csv")
     self._progress = os.path.join(run_dir, "progress.json")
     self.checkpoint_seconds = []
+    self.wall_and_inner_seconds = []  # (train() wall time, its sampling + datasets + process.next)
 
   def _release(self, round_num, metrics):
     self._tensorboard.write_round(round_num, metrics)
@@ -196,6 +198,7 @@ class RunnerLoop:
 
   def round(self) -> None:
     workload = self._workload
+    started = time.perf_counter()
     self._state, _ = training.train(
         process=workload.process, state=self._state, record=self._record,
         state_manager=self._manager, total_rounds=self._record.rounds_done + 1,
@@ -204,29 +207,83 @@ class RunnerLoop:
         client_datasets=workload.client_datasets, should_stop=lambda: False,
         release=self._release, on_round=lambda result: self.checkpoint_seconds.append(
             result.checkpoint_seconds), progress_path=self._progress)
+    self.wall_and_inner_seconds.append((time.perf_counter() - started,
+                                        self._record.metrics[-1]["time/round_seconds"]))
 
   def close(self) -> None:
     self._tensorboard.close()
 
 
-def bench_rounds(workload: Workload, scratch: str, repetitions: int) -> dict:
-  """Sections 1 and 2: runner round, bare `process.next` round and the plain-TF floor, alternated."""
+def paired_ratios(seconds: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
+  """Ratios of two contenders' times repetition by repetition (each pair ran back to back)."""
+  return [a / b for a, b in zip(seconds[numerator], seconds[denominator])]
+
+
+def _tiny_datasets(workload: Workload):
+  """One batch per client (20 examples, 1 epoch): what a round costs besides the SGD steps."""
+  spec = preprocessing.PreprocessSpec(
+      epochs=1, batch_size=20, max_examples_per_client=20,
+      flatten=models.needs_flat_input(workload.config.model.name))
+  return [preprocessing.preprocess_for_training(
+      workload.train_data.create_tf_dataset_for_client(client_id), spec, seed=0, round_num=1,
+      client_id=client_id) for client_id in workload.select_clients(1)]
+
+
+def bench_rounds(workload: Workload, scratch: str, repetitions: int,
+                 worker: runtime.LocalWorker) -> dict:
+  """Sections 1 and 2: the runner's round, a bare `process.next` round and the plain-TF floor on the
+  same examples, alternated; then where a TFF round's time goes besides the SGD steps."""
   runner = RunnerLoop(workload, os.path.join(scratch, "runner"))
   floor = FloorTrainer(workload.config)
-  floor_datasets = workload.datasets(1)
+  datasets = workload.datasets(1)
+  tiny = _tiny_datasets(workload)
   _log("rounds: warm-up (tracing)")
-  workload.bare_round()
+  workload.bare_round(datasets)
   runner.round()
-  floor.round(floor_datasets)
-  seconds = alternate({"bare_process_next": workload.bare_round, "runner": runner.round,
-                       "plain_tf_floor": lambda: floor.round(floor_datasets)}, repetitions)
+  floor.round(datasets)
+  seconds = alternate({"bare_process_next": lambda: workload.bare_round(datasets),
+                       "runner": runner.round, "plain_tf_floor": lambda: floor.round(datasets)},
+                      repetitions)
   runner.close()
+  in_round = [wall / inner for wall, inner in runner.wall_and_inner_seconds[1:]]
+  _log("rounds: one batch per client (fixed costs)")
+  workload.bare_round(tiny)
+  floor.round(tiny)
+  seconds.update(alternate({"bare_one_batch_per_client": lambda: workload.bare_round(tiny),
+                            "floor_one_batch_per_client": lambda: floor.round(tiny)},
+                           repetitions))
+  _log("rounds: worker concurrency settings")
+  concurrency = {}
+  for limit in (2, 4):
+    concurrency[f"bare_worker_concurrency_{limit}"] = runtime.start_local_execution_context(
+        max_concurrent_computation_calls=limit)
+
+  def bare_with(context):
+    def round_with_context():
+      tff.framework.set_default_context(context)
+      workload.bare_round(datasets)
+    return round_with_context
+
+  contenders = {"bare_worker_concurrency_unlimited": bare_with(worker.context)}
+  contenders.update({name: bare_with(other.context) for name, other in concurrency.items()})
+  for contender in contenders.values():
+    contender()  # Warm-up of each worker.
+  seconds.update(alternate(contenders, repetitions))
+  tff.framework.set_default_context(worker.context)
+  for other in concurrency.values():
+    other.stop()
   summary = summarize(seconds)
-  bare = summary["bare_process_next"]["median_s"]
+  median = {name: stats["median_s"] for name, stats in summary.items()}
   return {
       "contenders": summary,
-      "wrapper_overhead": summary["runner"]["median_s"] / bare,
-      "floor_ratio": bare / summary["plain_tf_floor"]["median_s"],
+      "seconds": seconds,
+      "wrapper_overhead_side_by_side": statistics.median(
+          paired_ratios(seconds, "runner", "bare_process_next")),
+      "wrapper_overhead_in_round": statistics.median(in_round),
+      "floor_ratio": statistics.median(paired_ratios(seconds, "bare_process_next",
+                                                     "plain_tf_floor")),
+      "fixed_seconds_per_round": (median["bare_one_batch_per_client"]
+                                  - median["floor_one_batch_per_client"]),
       "runner_checkpoint_median_s": statistics.median(runner.checkpoint_seconds[1:]),
   }
 
@@ -399,6 +456,19 @@ def render_markdown(report: dict) -> str:
     unit = " s" if name == "resume_extra_seconds" else ""
     shown = f"{value['value']:.3f}{unit}"
     lines.append(f"| {name} | {shown} | <= {value['target']}{unit} | {value['verdict']} |")
+  rounds = report["rounds"]
+  bare = rounds["contenders"]["bare_process_next"]["median_s"]
+  lines += [
+      "",
+      f"- wrapper_overhead is the runner's whole round over the part a bare loop also does "
+      f"(sampling, datasets, `process.next`), timed inside each runner round; side by side, the "
+      f"median of the runner/bare ratios of back-to-back rounds is "
+      f"{rounds['wrapper_overhead_side_by_side']:.3f} (round times vary more than that effect).",
+      f"- floor_ratio is the median of bare/floor ratios of back-to-back rounds on the same examples.",
+      f"- Fixed cost of a TFF round beyond the SGD steps (one batch per client, TFF minus floor): "
+      f"{rounds['fixed_seconds_per_round']:.3f} s, {100 * rounds['fixed_seconds_per_round'] / bare:.1f}%"
+      " of a full bare round.",
+  ]
   for section in ("rounds", "checkpoints", "resume"):
     lines += ["", f"## {section}", "", "| contender | median s | min s | max s |",
               "| --- | --- | --- | --- |"]
@@ -432,15 +502,16 @@ def main(argv):
     _log("building the FedAvg CNN workload")
     cnn = Workload(workload_config(quick))
     _log("sections 1-2: runner vs bare process.next vs plain-TF floor")
-    rounds = bench_rounds(cnn, scratch, repetitions)
+    rounds = bench_rounds(cnn, scratch, repetitions, worker)
     _log("section 3: checkpoints")
     checkpoints = bench_checkpoints(
         cnn, scratch, repetitions, rounds["contenders"]["bare_process_next"]["median_s"])
     _log("section 4: resume latency (runner subprocesses)")
-    resume = bench_resume(scratch, quick, repetitions)
+    resume = bench_resume(scratch, quick, min(3, repetitions))
     _log("section 5: scaling")
     scaling = bench_scaling(quick, worker, max(1, repetitions // 2), cnn)
-  values = {"wrapper_overhead": rounds["wrapper_overhead"], "floor_ratio": rounds["floor_ratio"],
+  values = {"wrapper_overhead": rounds["wrapper_overhead_in_round"],
+            "floor_ratio": rounds["floor_ratio"],
             "checkpoint_save_vs_file_manager": checkpoints["checkpoint_save_vs_file_manager"],
             "checkpoint_share_of_round": checkpoints["checkpoint_share_of_round"],
             "resume_extra_seconds": resume["resume_extra_seconds"]}

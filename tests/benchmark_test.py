@@ -3,6 +3,7 @@ whose ratios are the ratios of the medians it measured, with a verdict against e
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -25,13 +26,25 @@ class BenchmarkReportTest(absltest.TestCase):
       report = json.load(report_file)
 
     rounds = report["rounds"]["contenders"]
-    self.assertEqual(sorted(rounds), ["bare_process_next", "plain_tf_floor", "runner"])
+    self.assertEqual(sorted(rounds), [
+        "bare_one_batch_per_client", "bare_process_next", "bare_worker_concurrency_2",
+        "bare_worker_concurrency_4", "bare_worker_concurrency_unlimited",
+        "floor_one_batch_per_client", "plain_tf_floor", "runner"])
     self.assertEqual({stats["n"] for stats in rounds.values()}, {2})
     median = {name: stats["median_s"] for name, stats in rounds.items()}
-    self.assertEqual(report["rounds"]["wrapper_overhead"],
-                     median["runner"] / median["bare_process_next"])
-    self.assertEqual(report["rounds"]["floor_ratio"],
-                     median["bare_process_next"] / median["plain_tf_floor"])
+    seconds = report["rounds"]["seconds"]
+    self.assertEqual({name: statistics.median(values) for name, values in seconds.items()}, median)
+    self.assertEqual(report["rounds"]["floor_ratio"], statistics.median(
+        [bare / floor for bare, floor in zip(seconds["bare_process_next"],
+                                             seconds["plain_tf_floor"])]))
+    self.assertEqual(report["rounds"]["wrapper_overhead_side_by_side"], statistics.median(
+        [runner / bare for runner, bare in zip(seconds["runner"], seconds["bare_process_next"])]))
+    # The runner's round includes the bare round's work, so its own share is at least 1.
+    self.assertGreaterEqual(report["rounds"]["wrapper_overhead_in_round"], 1.0)
+    self.assertEqual(report["targets"]["wrapper_overhead"]["value"],
+                     report["rounds"]["wrapper_overhead_in_round"])
+    self.assertEqual(report["rounds"]["fixed_seconds_per_round"],
+                     median["bare_one_batch_per_client"] - median["floor_one_batch_per_client"])
     checkpoints = report["checkpoints"]["contenders"]
     self.assertEqual(sorted(checkpoints), [
         "load_file_program_state_manager", "load_ours", "save_file_program_state_manager",

@@ -136,6 +136,7 @@ class LocalWorker:
           f"TFF's worker binary is missing at {binary}; reinstall tensorflow-federated "
           "(make install).")
     self.port = portpicker.pick_unused_port()
+    self.context = None  # The TFF execution context using this worker, once installed.
     output = None if show_output else subprocess.DEVNULL
     self.process = subprocess.Popen(
         [
@@ -250,4 +251,5 @@ def start_local_execution_context(
       transform_result=tff.tensorflow.transform_result,
   )
   tff.framework.set_default_context(context)
+  worker.context = context  # To switch back to this worker later (the benchmark alternates them).
   return worker
