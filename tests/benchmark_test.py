@@ -62,7 +62,7 @@ class BenchmarkReportTest(absltest.TestCase):
                      - resume["cold_start_to_round_1"]["median_s"])
     self.assertEqual([(row["model"], row["clients_per_round"], row["examples_processed"])
                       for row in report["scaling"]],
-                     [("cnn", 2, 40), ("cnn", 4, 80), ("linear", 2, 40), ("2nn", 2, 40)])
+                     [("linear", 2, 40), ("2nn", 2, 40), ("cnn", 2, 40), ("cnn", 4, 80)])
     for row in report["scaling"]:
       self.assertGreater(row["worker_peak_rss_bytes"], 0)
       self.assertGreater(row["python_peak_rss_bytes"], 0)
