@@ -88,8 +88,8 @@ def alternate(contenders, repetitions: int) -> dict[str, list[float]]:
   """Times each contender once per repetition, reversing their order every other repetition.
 
   Args:
-    contenders: name -> a function of no arguments. One that returns a number has measured itself
-      (e.g. up to a point inside a subprocess): that number counts instead of its wall time.
+    contenders: name -> a function of no arguments. One that returns a float has measured itself
+      (e.g. up to a point inside a subprocess): that float counts instead of its wall time.
     repetitions: how many times each runs.
 
   Returns:
@@ -101,7 +101,8 @@ def alternate(contenders, repetitions: int) -> dict[str, list[float]]:
     for name in (names if repetition % 2 == 0 else names[::-1]):
       started = time.perf_counter()
       measured = contenders[name]()
-      seconds[name].append(time.perf_counter() - started if measured is None else measured)
+      seconds[name].append(measured if isinstance(measured, float)
+                           else time.perf_counter() - started)
   return seconds
 
 
