@@ -61,6 +61,14 @@ def needs_flat_input(model_name: str) -> bool:
   return model_name in ("2nn", "linear")
 
 
+def _call_custom(function, model_name: str, num_classes: int, seed: int) -> tf.keras.Model:
+  model = function(num_classes=num_classes, seed=seed)
+  if not isinstance(model, tf.keras.Model):
+    raise UnknownModelError(
+        f"Model function {model_name!r} returned {type(model).__name__}, not a tf.keras.Model.")
+  return model
+
+
 def create_keras_model(model_name: str, num_classes: int, seed: int) -> tf.keras.Model:
   """Returns the named model, uncompiled, with weights drawn from `seed`.
 
@@ -69,11 +77,7 @@ def create_keras_model(model_name: str, num_classes: int, seed: int) -> tf.keras
   """
   check_model_name(model_name)
   if is_custom(model_name):
-    model = _custom_model_callable(model_name)(num_classes=num_classes, seed=seed)
-    if not isinstance(model, tf.keras.Model):
-      raise UnknownModelError(
-          f"Model function {model_name!r} returned {type(model).__name__}, not a tf.keras.Model.")
-    return model
+    return _call_custom(_custom_model_callable(model_name), model_name, num_classes, seed)
   seeds = iter(range(seed * 1000, seed * 1000 + 1000))
 
   def dense(units, activation=None):
@@ -114,10 +118,15 @@ def build_model_fn(model_name: str, num_classes: int, seed: int, input_spec):
     input_spec: the element spec of the client batches (see `data.preprocessing.element_spec`).
   """
   check_model_name(model_name)  # Fail now, not inside TFF's tracing.
+  # A custom model's function is imported now too: importing inside TFF's tracing would make
+  # AutoGraph try (and fail, noisily) to convert importlib.
+  function = _custom_model_callable(model_name) if is_custom(model_name) else None
 
   def model_fn():
+    keras_model = (create_keras_model(model_name, num_classes, seed) if function is None
+                   else _call_custom(function, model_name, num_classes, seed))
     return tff.learning.models.from_keras_model(
-        create_keras_model(model_name, num_classes, seed),
+        keras_model,
         input_spec=input_spec,
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
