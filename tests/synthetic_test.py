@@ -5,6 +5,7 @@ import hashlib
 from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_resume import fedavg
 from tff_resume import models
@@ -98,7 +99,8 @@ class SyntheticLearnableTest(absltest.TestCase):
     cls.worker.stop()
     super().tearDownClass()
 
-  def _test_accuracy_after(self, model_name, rounds, client_learning_rate, epochs=5):
+  def _train(self, model_name, rounds, client_learning_rate, epochs=5):
+    """Returns (process, state, preprocess spec) after `rounds` FedAvg rounds of 10 clients."""
     preprocess_spec = preprocessing.PreprocessSpec(
         epochs=epochs, batch_size=20, flatten=models.needs_flat_input(model_name))
     model_fn = models.build_model_fn(model_name, 10, 0,
@@ -113,6 +115,22 @@ class SyntheticLearnableTest(absltest.TestCase):
                                                 preprocess_spec, seed=0, round_num=round_num,
                                                 client_id=c)
           for c in clients]).state
+    return process, state, preprocess_spec
+
+  def test_worker_concurrency_limit_does_not_change_the_weights(self):
+    """The benchmark compares worker concurrency settings; they must not change results."""
+    process, state, _ = self._train("2nn", 2, 0.1, epochs=1)
+    unlimited = training.model_weights_sha256(process, state)
+    limited_worker = runtime.start_local_execution_context(max_concurrent_computation_calls=2)
+    try:
+      process, state, _ = self._train("2nn", 2, 0.1, epochs=1)
+      self.assertEqual(training.model_weights_sha256(process, state), unlimited)
+    finally:
+      limited_worker.stop()
+      tff.framework.set_default_context(self.worker.context)
+
+  def _test_accuracy_after(self, model_name, rounds, client_learning_rate, epochs=5):
+    process, state, preprocess_spec = self._train(model_name, rounds, client_learning_rate, epochs)
     from_computation = process.get_model_weights(state)
     from_state = training.global_model_weights(process, state)  # The runner's shortcut.
     for computed, read in zip(from_computation.trainable + from_computation.non_trainable,
