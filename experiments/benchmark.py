@@ -187,7 +187,7 @@ class RunnerLoop:
         os.path.join(run_dir, "checkpoints"), keep_total=config.checkpoint.keep_total)
     self._record = experiment.new_record(config, fingerprint_lib.compute_fingerprint(config))
     self._state = workload.initial_state
-    self._tensorboard = metrics_release.TensorBoardRoundWriter(os.path.join(run_dir, "logdir"))
+    self._tensorboard = metrics_release.TensorBoardRoundWriter(run_dir)
     self._tensorboard.start(1)
     self._csv = os.path.join(run_dir, "results", "metrics.csv")
     self._progress = os.path.join(run_dir, "progress.json")

@@ -7,26 +7,67 @@ from absl.testing import absltest
 from tff_resume import metrics_release
 
 
-class TensorBoardRoundWriterTest(absltest.TestCase):
+class TensorBoardScalarsTest(absltest.TestCase):
 
-  def test_restart_replaces_redone_rounds(self):
-    logdir = self.create_tempdir().full_path
-    first = metrics_release.TensorBoardRoundWriter(logdir)
-    first.start(1)
-    for round_num in (1, 2, 3):
-      first.write_round(round_num, {"loss": round_num * 1.5, "clients": 10, "name": "skipped"})
-    first.close()
-    second = metrics_release.TensorBoardRoundWriter(logdir)
-    second.start(2)
-    for round_num in (2, 3, 4):
-      second.write_round(round_num, {"loss": round_num * 0.5, "clients": 10})
-    second.write_round(5, {"bits": 2 ** 40 + 1})
-    second.close()
-    self.assertEqual(metrics_release.read_scalars(logdir), {
-        "loss": [(1, 1.5), (2, 1.0), (3, 1.5), (4, 2.0)],
-        "clients": [(1, 10.0), (2, 10.0), (3, 10.0), (4, 10.0)],
-        "bits": [(5, 2 ** 40 + 1)],
-    })
+  def test_numbers_only_and_a_mibit_twin_for_every_bit_count(self):
+    self.assertEqual(metrics_release.tensorboard_scalars({
+        "client_work/train/loss": 0.5, "flag": True, "name": "x",
+        "communication/aggregated_bits": 3 * 2 ** 20,
+        "communication/broadcasted_bits_per_round": 2 ** 19}), {
+            "client_work/train/loss": 0.5,
+            "communication/aggregated_bits": 3 * 2.0 ** 20,
+            "communication/aggregated_mibit": 3.0,
+            "communication/broadcasted_bits_per_round": 2.0 ** 19,
+            "communication/broadcasted_mibit_per_round": 0.5})
+
+
+class PrepareLogdirTest(absltest.TestCase):
+  """What each start leaves on disk; tests/tensorboard_test.py reads the result through TensorBoard."""
+
+  def _write(self, run_dir, first_round, rounds):
+    writer = metrics_release.TensorBoardRoundWriter(run_dir)
+    writer.start(first_round)
+    for round_num in rounds:
+      writer.write_round(round_num, {"loss": float(round_num)})
+    writer.close()
+    return metrics_release.event_files(run_dir)[-1]
+
+  def test_cuts_only_files_with_redone_rounds_and_keeps_a_files_earlier_rounds(self):
+    run_dir = self.create_tempdir().full_path
+    first = self._write(run_dir, 1, [1, 2])
+    second = self._write(run_dir, 3, [3, 4, 5])
+    sizes = {path: os.path.getsize(path) for path in (first, second)}
+    self.assertTrue(metrics_release.prepare_logdir(run_dir, 6))
+    self.assertEqual([os.path.getsize(first), os.path.getsize(second)],
+                     [sizes[first], sizes[second]])
+    self.assertTrue(metrics_release.prepare_logdir(run_dir, 4))
+    self.assertEqual(os.path.getsize(first), sizes[first])
+    self.assertLess(os.path.getsize(second), sizes[second])
+    # A start at round 2 cuts both; the second file then keeps only its header.
+    self.assertTrue(metrics_release.prepare_logdir(run_dir, 2))
+    cut_sizes = [os.path.getsize(first), os.path.getsize(second)]
+    self.assertLess(cut_sizes[0], sizes[first])
+    self.assertTrue(metrics_release.prepare_logdir(run_dir, 2))  # Already cut: unchanged.
+    self.assertEqual([os.path.getsize(first), os.path.getsize(second)], cut_sizes)
+
+  def test_a_damaged_newest_file_sets_every_event_file_aside(self):
+    run_dir = self.create_tempdir().full_path
+    first = self._write(run_dir, 1, [1, 2])
+    second = self._write(run_dir, 3, [3])
+    with open(second, "r+b") as event_file:
+      event_file.seek(60)
+      event_file.write(b"garbage")
+    self.assertFalse(metrics_release.prepare_logdir(run_dir, 4))
+    self.assertEqual(metrics_release.event_files(run_dir), [])
+    self.assertEqual(sorted(os.listdir(run_dir)), sorted(
+        os.path.basename(path).replace("tfevents", "damaged-events") for path in (first, second)))
+
+  def test_adopts_a_legacy_logdir_folder(self):
+    run_dir = self.create_tempdir().full_path
+    legacy = os.path.join(run_dir, metrics_release.LEGACY_LOGDIR)
+    event_file = os.path.basename(self._write(legacy, 1, [1, 2]))
+    metrics_release.prepare_logdir(run_dir, 3)
+    self.assertEqual(os.listdir(run_dir), [event_file])
 
 
 class WriteMetricsCsvTest(absltest.TestCase):

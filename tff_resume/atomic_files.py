@@ -1,18 +1,31 @@
-"""Small files written atomically: a reader sees the old content or the new, never a mix."""
+"""Small files written atomically: a reader sees the old content or the new, never a mix.
+
+A file is written as `<path>.tmp-<pid>`, flushed, then renamed over `<path>`. A failed write (a full
+disk, say) removes its temporary file; one left by a killed process is removed by
+`remove_temporaries`, which a run calls at start.
+"""
 
 import json
 import os
+import re
 from typing import Any
+
+_TEMPORARY_PATTERN = re.compile(r"\.tmp-\d+$")
 
 
 def write_text_atomically(path: str, text: str) -> None:
   """Writes `text` to `path` through a flushed temporary file and an atomic rename."""
   temporary_path = f"{path}.tmp-{os.getpid()}"
-  with open(temporary_path, "w") as temporary:
-    temporary.write(text)
-    temporary.flush()
-    os.fsync(temporary.fileno())
-  os.replace(temporary_path, path)
+  try:
+    with open(temporary_path, "w") as temporary:
+      temporary.write(text)
+      temporary.flush()
+      os.fsync(temporary.fileno())
+    os.replace(temporary_path, path)
+  except BaseException:
+    if os.path.exists(temporary_path):
+      os.remove(temporary_path)
+    raise
 
 
 def write_json_atomically(path: str, value: Any) -> None:
@@ -23,3 +36,14 @@ def write_json_atomically(path: str, value: Any) -> None:
 def read_json(path: str) -> Any:
   with open(path) as json_file:
     return json.load(json_file)
+
+
+def remove_temporaries(folder: str) -> list[str]:
+  """Removes the temporary files of unfinished atomic writes in `folder`; returns their paths."""
+  if not os.path.isdir(folder):
+    return []
+  stale = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                 if _TEMPORARY_PATTERN.search(name))
+  for path in stale:
+    os.remove(path)
+  return stale

@@ -18,6 +18,7 @@ Retention follows `tff.program.FileProgramStateManager`: `keep_total` (0 keeps a
 `keep_every_k`; the newest version is never removed.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -48,6 +49,10 @@ class NoGoodVersionError(Exception):
   """Versions exist but none of them is readable and intact."""
 
 
+class CheckpointWriteError(OSError):
+  """A version could not be written (disk full, I/O error, read-only folder); nothing of it is left."""
+
+
 def _sha256(path: str) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as data:
@@ -64,14 +69,18 @@ def _fsync_directory(path: str) -> None:
     os.close(directory)
 
 
-def _maybe_inject_fault(point: str, version: int) -> None:
-  """Test hook: SIGKILLs this process at `point` of saving `version` when TFF_RESUME_FAULT says so.
+def _maybe_inject_fault(version: int) -> None:
+  """Test hook, after version `version`'s files are written but before its manifest and rename.
 
-  `TFF_RESUME_FAULT=kill-during-save:3` kills the process after version 3's files are written but
-  before its manifest and rename, so tests can kill a real run in the middle of a save.
+  `TFF_RESUME_FAULT=kill-during-save:3` SIGKILLs the process there while saving version 3, so tests
+  can kill a real run in the middle of a save; `TFF_RESUME_FAULT=disk-full-during-save:3` fails the
+  write with ENOSPC, for machines where a test cannot mount a small file system.
   """
-  if os.environ.get("TFF_RESUME_FAULT") == f"{point}:{version}":
+  fault = os.environ.get("TFF_RESUME_FAULT")
+  if fault == f"kill-during-save:{version}":
     os.kill(os.getpid(), signal.SIGKILL)
+  if fault == f"disk-full-during-save:{version}":
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _leaf_kind(leaf: Any) -> str:
@@ -258,42 +267,55 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
 
     Raises:
       tff.program.ProgramStateExistsError: the version exists already.
+      CheckpointWriteError: writing failed (e.g. the disk is full); the unfinished version was
+        removed and every older version is intact.
     """
     final_path = self.version_path(version)
     if os.path.exists(final_path):
       raise tff.program.ProgramStateExistsError(version=version, path=self._root_dir)
-    os.makedirs(self._root_dir, exist_ok=True)
     temporary_path = os.path.join(self._root_dir, f"{_TEMPORARY_PREFIX}{version}-{os.getpid()}")
-    os.makedirs(temporary_path)
+    try:
+      os.makedirs(self._root_dir, exist_ok=True)
+      os.makedirs(temporary_path)
+      self._write_files(temporary_path, program_state, version, metadata)
+      _fsync_directory(temporary_path)
+      os.rename(temporary_path, final_path)
+      _fsync_directory(self._root_dir)
+    except BaseException as error:
+      shutil.rmtree(temporary_path, ignore_errors=True)
+      if isinstance(error, OSError):
+        raise CheckpointWriteError(
+            error.errno, f"cannot save checkpoint version {version} in {self._root_dir}: "
+            f"{error.strerror or error}") from None
+      raise
+    self._apply_retention()
+
+  def _write_files(self, folder: str, program_state: Any, version: int,
+                   metadata: dict[str, Any] | None) -> None:
+    """Writes the state, metadata and (last) the manifest of `version` into `folder`."""
     leaves = tree.flatten(program_state)
-    state_path = os.path.join(temporary_path, _STATE_FILE)
-    with open(state_path, "wb") as state_file:
+    with open(os.path.join(folder, _STATE_FILE), "wb") as state_file:
       np.savez(state_file,
                **{f"leaf_{index}": _leaf_to_array(leaf) for index, leaf in enumerate(leaves)})
       state_file.flush()
       os.fsync(state_file.fileno())
     if metadata is not None:
-      with open(os.path.join(temporary_path, _METADATA_FILE), "w") as metadata_file:
+      with open(os.path.join(folder, _METADATA_FILE), "w") as metadata_file:
         json.dump(metadata, metadata_file)
         metadata_file.flush()
         os.fsync(metadata_file.fileno())
-    _maybe_inject_fault("kill-during-save", version)
-    files = sorted(set(os.listdir(temporary_path)))
+    _maybe_inject_fault(version)
     manifest = {
         "version": version,
         "leaf_kinds": [_leaf_kind(leaf) for leaf in leaves],
-        "files": {name: {"sha256": _sha256(os.path.join(temporary_path, name)),
-                         "bytes": os.path.getsize(os.path.join(temporary_path, name))}
-                  for name in files},
+        "files": {name: {"sha256": _sha256(os.path.join(folder, name)),
+                         "bytes": os.path.getsize(os.path.join(folder, name))}
+                  for name in sorted(os.listdir(folder))},
     }
-    with open(os.path.join(temporary_path, _MANIFEST_FILE), "w") as manifest_file:
+    with open(os.path.join(folder, _MANIFEST_FILE), "w") as manifest_file:
       json.dump(manifest, manifest_file, indent=1)
       manifest_file.flush()
       os.fsync(manifest_file.fileno())
-    _fsync_directory(temporary_path)
-    os.rename(temporary_path, final_path)
-    _fsync_directory(self._root_dir)
-    self._apply_retention()
 
   async def save(self, program_state: Any, version: int) -> None:
     self.save_version(program_state, version)

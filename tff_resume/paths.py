@@ -4,6 +4,23 @@ import dataclasses
 import os
 
 
+class InvalidExperimentNameError(ValueError):
+  """An experiment name that is not one plain folder name."""
+
+
+def check_experiment_name(name: str) -> None:
+  """Refuses a name that would not be one folder directly under the root.
+
+  Raises:
+    InvalidExperimentNameError: empty, `.`, `..`, or holding a `/` (an absolute path included) or a
+      NUL character.
+  """
+  if not name or name in (".", "..") or "/" in name or "\0" in name:
+    raise InvalidExperimentNameError(
+        f"--experiment_name must be one folder name under --root_output_dir (no '/', not '.' or "
+        f"'..', not empty), got {name!r}; e.g. --experiment_name=demo_compressed.")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunPaths:
   """Output paths of the run `experiment_name` under `root_output_dir`."""
@@ -19,9 +36,10 @@ class RunPaths:
     return os.path.join(self.run_dir, "checkpoints")
 
   @property
-  def logdir(self) -> str:
-    """TensorBoard event files."""
-    return os.path.join(self.run_dir, "logdir")
+  def tensorboard_dir(self) -> str:
+    """TensorBoard event files: the run folder itself, so TensorBoard on the root names the run
+    after the experiment."""
+    return self.run_dir
 
   @property
   def metrics_csv(self) -> str:

@@ -44,38 +44,74 @@ _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning"}
 EXIT_CODE_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGINT/SIGTERM at a safe point; run it again.
 
 
+class Interrupted(Exception):
+  """A SIGINT/SIGTERM asked the program to stop; raised at the next safe point of its start-up."""
+
+  def __init__(self, signal_name: str):
+    super().__init__(f"stopped by {signal_name}")
+    self.signal_name = signal_name
+
+
 class StopRequest:
   """Turns SIGINT and SIGTERM into a request to stop at the next safe point.
 
-  Used as a context manager around a training loop: the first signal sets `requested` (the loop
-  finishes the round and its checkpoint, then stops); a second one raises KeyboardInterrupt at once.
-  The previous handlers are restored on exit.
+  `install()` it as early as the program can (before importing TensorFlow), so a signal at any
+  instant gets the documented exit status: the first signal sets `requested`; start-up code calls
+  `raise_if_requested()` between its steps and a training loop polls `requested` after each round.
+  A second signal stops at once: the registered cleanups run (removing the files being written) and
+  the process exits with `EXIT_CODE_INTERRUPTED`, without a traceback; the worker process dies with it.
+  Used as a context manager, it installs the handlers and restores the previous ones on exit.
   """
 
   def __init__(self):
     self.requested = False
     self.signal_name = None
     self._previous = {}
+    self._cleanups = []
 
   def _handle(self, signal_number, frame):
     del frame
+    name = signal.Signals(signal_number).name
     if self.requested:
-      raise KeyboardInterrupt
+      os.write(sys.stderr.fileno(), f"\n{name} received again: stopping now (the last saved "
+               f"version is intact). Exit status {EXIT_CODE_INTERRUPTED}.\n".encode())
+      for cleanup in self._cleanups:
+        try:
+          cleanup()
+        except Exception:  # pylint: disable=broad-except
+          pass  # Leftovers of an unfinished write are removed by the next start anyway.
+      os._exit(EXIT_CODE_INTERRUPTED)  # pylint: disable=protected-access
     self.requested = True
-    self.signal_name = signal.Signals(signal_number).name
+    self.signal_name = name
     # os.write, not print: a print here can interrupt a print of the main thread on the same
     # stream and fail with "reentrant call".
-    os.write(sys.stderr.fileno(), f"\n{self.signal_name} received: stopping after the current "
-             "round is saved (send it again to stop at once).\n".encode())
+    os.write(sys.stderr.fileno(), f"\n{name} received: stopping at the next safe point (after "
+             "the current round is saved; send it again to stop at once).\n".encode())
 
-  def __enter__(self) -> "StopRequest":
+  def add_cleanup(self, cleanup) -> None:
+    """Registers a callable to run before an immediate stop (a second signal)."""
+    self._cleanups.append(cleanup)
+
+  def raise_if_requested(self) -> None:
+    """Raises `Interrupted` if a signal asked to stop."""
+    if self.requested:
+      raise Interrupted(self.signal_name)
+
+  def install(self) -> "StopRequest":
     for signal_number in (signal.SIGINT, signal.SIGTERM):
       self._previous[signal_number] = signal.signal(signal_number, self._handle)
     return self
 
-  def __exit__(self, *exc_info) -> None:
+  def restore(self) -> None:
     for signal_number, handler in self._previous.items():
       signal.signal(signal_number, handler)
+    self._previous.clear()
+
+  def __enter__(self) -> "StopRequest":
+    return self.install()
+
+  def __exit__(self, *exc_info) -> None:
+    self.restore()
 
 
 class WorkerStartError(RuntimeError):
