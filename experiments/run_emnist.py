@@ -16,6 +16,12 @@ import time
 
 from tff_resume import runtime
 
+# SIGINT/SIGTERM from the first instant: a signal during the imports below stops at the first safe
+# point with the documented status, not Python's default (a traceback, or status 143).
+_STOP = runtime.StopRequest()
+if __name__ == "__main__":
+  _STOP.install()
+
 # TensorFlow reads its log level once, at import, so --verbose is looked at before flags are parsed.
 # TensorFlow must also be imported before absl.app.run: Keras 2.14 first imported inside app.run
 # builds broken Sequential models ("Output tensors of a Sequential model must be the output of a
@@ -25,6 +31,7 @@ runtime.quiet_tensorflow_logging(verbose="--verbose" in sys.argv[1:])
 import tensorflow  # noqa: F401  pylint: disable=unused-import
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from tff_resume import atomic_files
@@ -35,6 +42,7 @@ from tff_resume import global_model
 from tff_resume import metrics_release
 from tff_resume import participation
 from tff_resume import paths as paths_lib
+from tff_resume import run_lock
 from tff_resume import run_record
 from tff_resume import training
 from tff_resume import units
@@ -56,8 +64,14 @@ _VERBOSE = flags.DEFINE_bool("verbose", False,
                              "Show TensorFlow's start-up messages, TFF's info logs and worker output.")
 
 EXIT_CODE_BAD_INPUT = 2
+EXIT_CODE_WRITE_FAILED = 74  # EX_IOERR: a disk full or failing; the last saved version is intact.
 _USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, global_model.ModelSourceError,
-                fingerprint_lib.FingerprintMismatchError, checkpointing.NoGoodVersionError)
+                fingerprint_lib.FingerprintMismatchError, checkpointing.NoGoodVersionError,
+                paths_lib.InvalidExperimentNameError)
+
+
+class VersionVanishedError(Exception):
+  """A checkpoint version was removed by something else between listing and loading it."""
 
 
 def _report_round(result: training.RoundResult, first_round: int, started: float,
@@ -82,15 +96,65 @@ def _report_round(result: training.RoundResult, first_round: int, started: float
 
 
 def _rounds_redone(paths: paths_lib.RunPaths, version: int) -> int:
+  """Rounds completed after `version` by earlier starts (from progress.json; 0 if it is damaged)."""
   if not os.path.exists(paths.progress_json):
     return 0
-  return max(0, atomic_files.read_json(paths.progress_json)["last_completed_round"] - version)
+  try:
+    return max(0, int(atomic_files.read_json(paths.progress_json)["last_completed_round"]) - version)
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    atomic_files.set_aside(paths.progress_json, f"{error}; rebuilt from version {version}")
+    return 0
 
 
-def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
-  """Checks, then trains or resumes the run; returns the exit status."""
+def _open_participation(paths: paths_lib.RunPaths, record: run_record.RunRecord,
+                        client_examples) -> participation.ParticipationLog:
+  """Opens the participation table holding exactly rounds 1..rounds_done of the record, rebuilding it
+  from the record when it is damaged or lacks rounds."""
+  try:
+    log = participation.ParticipationLog(paths.participation_db)
+  except participation.DatabaseError as error:
+    atomic_files.set_aside(paths.participation_db,
+                           f"{error}; rebuilt from version {record.rounds_done}")
+    log = participation.ParticipationLog(paths.participation_db)
+  log.keep_rounds_up_to(record.rounds_done)
+  if log.rounds_recorded() == record.rounds_done:
+    return log
+  logging.warning("%s lacks rounds of version %d: rebuilding it from the checkpoint.",
+                  paths.participation_db, record.rounds_done)
+  log.replace_all([(round_num, [(client_id, client_examples(client_id)) for client_id in clients])
+                   for round_num, clients in enumerate(record.sampled_clients, start=1)])
+  return log
+
+
+def run(config, paths: paths_lib.RunPaths, verbose: bool, stop: runtime.StopRequest) -> int:
+  """Checks, then trains or resumes the run holding its folder's lock; returns the exit status.
+
+  Raises:
+    run_lock.RunLockedError: another process holds the run folder; nothing was changed.
+  """
   experiment.validate(config)
   fingerprint = fingerprint_lib.compute_fingerprint(config)
+  stop.raise_if_requested()
+  lock = run_lock.RunLock(paths.run_dir)
+  created = not os.path.isdir(paths.run_dir)
+  try:
+    lock.acquire()
+  except OSError as error:
+    raise experiment.ConfigError(
+        f"cannot write the run folder {paths.run_dir}: {error.strerror}; choose a writable "
+        "--root_output_dir.") from None
+  try:
+    return _run_locked(config, paths, verbose, stop, fingerprint)
+  finally:
+    if created and os.listdir(paths.run_dir) == [run_lock.LOCK_FILE]:
+      # This start wrote nothing (bad input, or stopped early): leave no empty run folder behind.
+      os.remove(lock.path)
+      os.rmdir(paths.run_dir)
+    lock.release()
+
+
+def _run_locked(config, paths: paths_lib.RunPaths, verbose: bool, stop: runtime.StopRequest,
+                fingerprint) -> int:
   manager = checkpointing.DurableProgramStateManager(
       paths.checkpoints, keep_total=config.checkpoint.keep_total,
       keep_first=config.checkpoint.keep_first, keep_every_k=config.checkpoint.keep_every_k)
@@ -104,46 +168,56 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
             f"{config.training.total_rounds} asked for. Nothing to do "
             "(raise --config.training.total_rounds to extend it).")
       return 0
+  stop.raise_if_requested()
   train_data, test_data = experiment.load_data(config)
   experiment.check_population(config, train_data)
-  try:
-    os.makedirs(paths.run_dir, exist_ok=True)
-    atomic_files.write_json_atomically(paths.config_json, config.to_dict())
-  except OSError as error:
-    raise experiment.ConfigError(
-        f"cannot write the run folder {paths.run_dir}: {error.strerror}; choose a writable "
-        "--root_output_dir.") from None
-  manager.remove_temporaries()
+  stop.raise_if_requested()
+  for cleanup in (manager.remove_temporaries,
+                  lambda: atomic_files.remove_temporaries(paths.run_dir),
+                  lambda: atomic_files.remove_temporaries(paths.results_dir)):
+    cleanup()
+    stop.add_cleanup(cleanup)
+  atomic_files.write_json_atomically(paths.config_json, config.to_dict())
   for corrupt in [v for v in manager.versions() if version is not None and v > version]:
     manager.set_aside(corrupt)
 
   runtime.start_local_execution_context(show_worker_output=verbose)
   process, communication = experiment.build_process(config)
   state = experiment.initial_state(config, process)
+  stop.raise_if_requested()
   if record is None:
     record = experiment.new_record(config, fingerprint)
     record.log_start(None, 0)
     training.save_checkpoint(manager, process, state, record)
     print(f"Starting {paths.run_dir}: {config.training.total_rounds} rounds.")
   else:
-    state = manager.load_version(version, state)
+    try:
+      state = manager.load_version(version, state)
+    except checkpointing.VersionNotFoundError:
+      raise VersionVanishedError(
+          f"checkpoint version {version} of {paths.run_dir} vanished while it was being loaded "
+          "(removed by something else); run the same command again.") from None
     redone = _rounds_redone(paths, version)
     record.total_rounds = config.training.total_rounds
     record.log_start(version, redone)
     print(f"Resuming {paths.run_dir} from version {version} "
           f"({redone} round{'s' * (redone != 1)} to redo), up to round "
           f"{config.training.total_rounds}.")
+  atomic_files.write_json_atomically(paths.progress_json,
+                                     {"last_completed_round": record.rounds_done})
 
   select_clients, client_datasets = experiment.client_functions(config, train_data)
   client_examples = experiment.client_example_counter(config, train_data)
-  participation_log = participation.ParticipationLog(paths.participation_db)
-  participation_log.keep_rounds_up_to(record.rounds_done)
+  participation_log = _open_participation(paths, record, client_examples)
   evaluate = experiment.build_evaluation(config, test_data)
   first_round, started = record.rounds_done + 1, time.monotonic()
-  metrics_release.prepare_logdir(paths.tensorboard_dir, first_round)
+  events_intact = metrics_release.prepare_logdir(paths.tensorboard_dir, first_round)
   tensorboard = metrics_release.TensorBoardRoundWriter(paths.tensorboard_dir)
-  tensorboard.start(first_round)
+  tensorboard.start(1 if not events_intact else first_round)
   tensorboard.write_hparams(fingerprint_lib.flatten_config(config))
+  if not events_intact:
+    for round_num, metrics in enumerate(record.metrics, start=1):
+      tensorboard.write_round(round_num, metrics)
   metrics_release.write_metrics_csv(paths.metrics_csv, record.metrics)
 
   def release(round_num, metrics):
@@ -152,8 +226,8 @@ def run(config, paths: paths_lib.RunPaths, verbose: bool) -> int:
     participation_log.add_round(round_num, [(client_id, client_examples(client_id))
                                             for client_id in record.sampled_clients[-1]])
 
-  with (runtime.StopRequest() as stop, contextlib.closing(tensorboard),
-        contextlib.closing(participation_log)):
+  stop.raise_if_requested()
+  with contextlib.closing(tensorboard), contextlib.closing(participation_log):
     _, stopped = training.train(
         process=process, state=state, record=record, state_manager=manager,
         total_rounds=config.training.total_rounds,
@@ -187,12 +261,37 @@ def main(argv):
     print("run_emnist: error: --config and --experiment_name are required, e.g. "
           "--config=configs/demo.py --experiment_name=demo", file=sys.stderr)
     return EXIT_CODE_BAD_INPUT
-  paths = paths_lib.RunPaths(_ROOT_OUTPUT_DIR.value, _EXPERIMENT_NAME.value)
   try:
-    return run(_CONFIG.value, paths, _VERBOSE.value)
-  except _USER_ERRORS as error:
+    paths_lib.check_experiment_name(_EXPERIMENT_NAME.value)
+    paths = paths_lib.RunPaths(_ROOT_OUTPUT_DIR.value, _EXPERIMENT_NAME.value)
+    return run(_CONFIG.value, paths, _VERBOSE.value, _STOP)
+  except runtime.Interrupted as interrupted:
+    print(f"Stopped by {interrupted.signal_name} during start-up, before training; nothing was "
+          "lost. Run the same command again to resume. Exit status "
+          f"{runtime.EXIT_CODE_INTERRUPTED}.", file=sys.stderr)
+    return runtime.EXIT_CODE_INTERRUPTED
+  except run_lock.RunLockedError as error:
+    print(f"run_emnist: {error} Exit status {runtime.EXIT_CODE_INTERRUPTED}.", file=sys.stderr)
+    return runtime.EXIT_CODE_INTERRUPTED
+  except (*_USER_ERRORS, VersionVanishedError) as error:
     print(f"run_emnist: error: {error}", file=sys.stderr)
     return EXIT_CODE_BAD_INPUT
+  except (OSError, participation.DatabaseError) as error:
+    # A full disk, an I/O error or a read-only folder while writing: checkpoints are written
+    # atomically, so the last saved version is intact and a later start resumes from it.
+    print(f"run_emnist: error: {_describe_write_error(error)}; the last saved checkpoint is "
+          "intact. Free space (or fix the folder), then run the same command again. Exit status "
+          f"{EXIT_CODE_WRITE_FAILED}.", file=sys.stderr)
+    return EXIT_CODE_WRITE_FAILED
+
+
+def _describe_write_error(error: Exception) -> str:
+  if isinstance(error, checkpointing.CheckpointWriteError):
+    return error.strerror
+  if isinstance(error, participation.DatabaseError):
+    return f"writing the participation records failed: {error}"
+  where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+  return f"a write failed{where}: {getattr(error, 'strerror', None) or error}"
 
 
 def _from_callers_folder(argv):

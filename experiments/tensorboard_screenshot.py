@@ -9,21 +9,17 @@ and this runs as root, it is installed with apt-get first; elsewhere the script 
 Exit status: 0 written, 2 bad input (no runs under --logdir, no Chromium).
 """
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from absl import app
 from absl import flags
-import portpicker
+
+from experiments import tensorboard_server
 
 _LOGDIR = flags.DEFINE_string("logdir", "runs", "The study root: one folder per run.")
 _OUT = flags.DEFINE_string("out", "docs/tensorboard.png", "The PNG to write.")
@@ -34,7 +30,6 @@ _TAG_FILTER = flags.DEFINE_string(
 _WIDTH = flags.DEFINE_integer("width", 1600, "Window width in pixels.")
 _HEIGHT = flags.DEFINE_integer("height", 460, "Window height in pixels.")
 
-_LOAD_TIMEOUT_SECONDS = 90.0
 _CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                    "--no-first-run", "--disable-background-networking",
                    "--disable-component-update", "--disable-sync", "--hide-scrollbars")
@@ -60,39 +55,22 @@ def _chromium() -> str:
   return found
 
 
-def _wait_for_scalars(port: int, server: subprocess.Popen) -> dict:
-  deadline = time.monotonic() + _LOAD_TIMEOUT_SECONDS
-  while time.monotonic() < deadline:
-    if server.poll() is not None:
-      raise ScreenshotError(f"tensorboard exited with status {server.returncode}.")
-    try:
-      with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags",
-                                  timeout=10) as response:
-        tags = json.load(response)
-      if tags and all(tags.values()):
-        return tags
-    except (urllib.error.URLError, ConnectionError):
-      pass
-    time.sleep(1)
-  raise ScreenshotError(f"TensorBoard showed no scalars under {_LOGDIR.value} within "
-                        f"{_LOAD_TIMEOUT_SECONDS:.0f} s: is it a study root holding run folders?")
-
-
 def screenshot(logdir: str, out: str, tag_filter: str, width: int, height: int) -> list[str]:
   """Renders TensorBoard over `logdir` into `out`; returns the runs it showed."""
   if not os.path.isdir(logdir):
     raise ScreenshotError(f"{logdir} is not a folder; pass the study root as --logdir.")
   chromium = _chromium()
-  port = portpicker.pick_unused_port()
-  server = subprocess.Popen(
-      [os.path.join(os.path.dirname(sys.executable), "tensorboard"), f"--logdir={logdir}",
-       "--host=127.0.0.1", f"--port={port}"],
-      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-      start_new_session=True)
+  server = tensorboard_server.TensorBoardServer(logdir)
   try:
-    runs = sorted(_wait_for_scalars(port, server))
+    try:
+      tags = server.wait_for(
+          lambda s: (lambda tags: tags if tags and all(tags.values()) else None)(
+              s.get("data/plugin/scalars/tags")), "the runs' scalars")
+    except tensorboard_server.TensorBoardNotReadyError:
+      raise ScreenshotError(f"TensorBoard showed no scalars under {logdir}: is it a study root "
+                            "holding run folders?") from None
     fragment = urllib.parse.urlencode({"tagFilter": tag_filter, "_smoothingWeight": "0"})
-    url = f"http://127.0.0.1:{port}/?darkMode=false&forceSvg=true#scalars&{fragment}"
+    url = f"http://127.0.0.1:{server.port}/?darkMode=false&forceSvg=true#scalars&{fragment}"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
       subprocess.run(
@@ -101,9 +79,8 @@ def screenshot(logdir: str, out: str, tag_filter: str, width: int, height: int) 
            f"--screenshot={os.path.abspath(out)}", url],
           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
   finally:
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait()
-  return runs
+    server.stop()
+  return sorted(tags)
 
 
 def main(argv):

@@ -18,7 +18,7 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
-from tests import tensorboard_server
+from experiments import tensorboard_server
 from tff_resume import metrics_release
 from tff_resume import units
 

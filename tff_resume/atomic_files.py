@@ -8,7 +8,10 @@ disk, say) removes its temporary file; one left by a killed process is removed b
 import json
 import os
 import re
+import time
 from typing import Any
+
+from absl import logging
 
 _TEMPORARY_PATTERN = re.compile(r"\.tmp-\d+$")
 
@@ -47,3 +50,12 @@ def remove_temporaries(folder: str) -> list[str]:
   for path in stale:
     os.remove(path)
   return stale
+
+
+def set_aside(path: str, reason: str) -> str:
+  """Renames a damaged file to `<path>.damaged-<time>` (kept for inspection) with a warning naming it
+  and `reason`; returns the new path."""
+  new_path = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+  os.replace(path, new_path)
+  logging.warning("%s is damaged (%s); set aside as %s.", path, reason, new_path)
+  return new_path

@@ -49,6 +49,10 @@ class NoGoodVersionError(Exception):
   """Versions exist but none of them is readable and intact."""
 
 
+# A version that is not on disk (never written, or removed by retention while it was being read).
+VersionNotFoundError = tff.program.ProgramStateNotFoundError
+
+
 class CheckpointWriteError(OSError):
   """A version could not be written (disk full, I/O error, read-only folder); nothing of it is left."""
 

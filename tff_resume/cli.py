@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     handlers[(args.command, getattr(args, "data_command", None))](args)
   except (emnist.DataNotFoundError, leaf.LeafFormatError, FileExistsError, ValueError,
-          checkpointing.NoGoodVersionError, checkpointing.CorruptVersionError) as error:
+          checkpointing.NoGoodVersionError, checkpointing.CorruptVersionError,
+          checkpointing.VersionNotFoundError) as error:
     print(f"tff-resume: error: {error}", file=sys.stderr)
     return EXIT_USAGE_ERROR
   return 0

@@ -105,9 +105,11 @@ def _records(path: str) -> Iterator[tuple[int, bytes | None]]:
   """Yields (offset, data) of each record of a TFRecord file; data None for an unreadable record
   (torn, bad length or checksum), after which it stops."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
 
   offset = 0
-  iterator = tf.compat.v1.io.tf_record_iterator(path)
+  with deprecation.silence():  # TF's iterator is the fast, checksum-verifying reader we need here.
+    iterator = tf.compat.v1.io.tf_record_iterator(path)
   while True:
     try:
       data = next(iterator)

@@ -24,6 +24,9 @@ CREATE INDEX IF NOT EXISTS participation_by_client ON participation (client_id, 
 """
 
 
+DatabaseError = sqlite3.DatabaseError  # The file is not an SQLite database (or is damaged).
+
+
 class NoParticipationRecordsError(ValueError):
   """The run has no participation file (it was never started, or predates the records)."""
 
@@ -34,13 +37,31 @@ class ParticipationLog:
   def __init__(self, path: str):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     self._connection = sqlite3.connect(path)
-    self._connection.executescript(_SCHEMA)
+    try:
+      self._connection.executescript(_SCHEMA)
+    except sqlite3.DatabaseError:
+      self._connection.close()
+      raise
 
   def keep_rounds_up_to(self, round_num: int) -> int:
     """Deletes the rows of rounds after `round_num` (redone on resume); returns how many."""
     with self._connection:
       return self._connection.execute("DELETE FROM participation WHERE round > ?",
                                       (round_num,)).rowcount
+
+  def rounds_recorded(self) -> int:
+    """Returns how many distinct rounds have rows."""
+    return self._connection.execute("SELECT COUNT(DISTINCT round) FROM participation").fetchone()[0]
+
+  def replace_all(self, rounds: Iterable[tuple[int, Iterable[tuple[str, int]]]]) -> None:
+    """Replaces every row with `rounds`: [(round, [(client_id, examples), ...]), ...], in one
+    transaction (rebuilding the table from a checkpoint's record)."""
+    with self._connection:
+      self._connection.execute("DELETE FROM participation")
+      self._connection.executemany(
+          "INSERT INTO participation (round, client_id, examples) VALUES (?, ?, ?)",
+          [(round_num, client_id, int(examples)) for round_num, clients in rounds
+           for client_id, examples in clients])
 
   def add_round(self, round_num: int, examples_by_client: Iterable[tuple[str, int]]) -> None:
     """Records one round's clients and example counts (replacing any earlier rows of the round)."""

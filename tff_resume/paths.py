@@ -42,14 +42,18 @@ class RunPaths:
     return self.run_dir
 
   @property
+  def results_dir(self) -> str:
+    return os.path.join(self.run_dir, "results")
+
+  @property
   def metrics_csv(self) -> str:
     """One row per round."""
-    return os.path.join(self.run_dir, "results", "metrics.csv")
+    return os.path.join(self.results_dir, "metrics.csv")
 
   @property
   def participation_db(self) -> str:
     """Per-client participation: one row per sampled client per round (SQLite)."""
-    return os.path.join(self.run_dir, "results", "participation.sqlite")
+    return os.path.join(self.results_dir, "participation.sqlite")
 
   @property
   def config_json(self) -> str:

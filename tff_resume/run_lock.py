@@ -58,10 +58,13 @@ class RunLock:
           f"{self.run_dir} is in use by another process ({self.holder()}); nothing was changed. "
           "Wait for it to end, or stop it, then run the same command again.") from None
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                      "started_at": started_at}).encode() + b"\n", 0)
     self._descriptor = descriptor
+    try:
+      os.ftruncate(descriptor, 0)
+      os.pwrite(descriptor, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                        "started_at": started_at}).encode() + b"\n", 0)
+    except OSError:
+      pass  # A full disk: the lock holds all the same; others just cannot name the holder.
 
   def release(self) -> None:
     """Releases the lock (the kernel does it anyway when the process ends). Idempotent."""

@@ -1,7 +1,8 @@
-"""The real `tensorboard` of the virtual environment, started on loopback for tests, read over HTTP.
+"""The real `tensorboard` of the virtual environment, started on loopback and read over HTTP.
 
-What a test asserts here is what a user's browser gets: the same binary, its default data loader
-(unless the test asks for `--load_fast=false`), the same HTTP data API the dashboards call.
+Tests, the chaos soak and the screenshot script see what a user's browser gets: the same binary, its
+default data loader (unless `--load_fast=false` is asked for), the same HTTP data API the dashboards
+call. The server runs in its own process group; `stop()` ends it and its data server.
 """
 
 import json
@@ -18,6 +19,10 @@ import portpicker
 
 _START_TIMEOUT_SECONDS = 90.0
 _POLL_SECONDS = 0.5
+
+
+class TensorBoardNotReadyError(Exception):
+  """TensorBoard exited, or did not serve what was waited for in time."""
 
 
 class TensorBoardServer:
@@ -53,7 +58,7 @@ class TensorBoardServer:
     last_error = None
     while time.monotonic() < deadline:
       if self.process.poll() is not None:
-        raise AssertionError(f"tensorboard exited with {self.process.returncode} before {what}")
+        raise TensorBoardNotReadyError(f"tensorboard exited with {self.process.returncode} before {what}")
       try:
         value = condition(self)
         if value:
@@ -61,7 +66,7 @@ class TensorBoardServer:
       except (urllib.error.URLError, ConnectionError, ValueError) as error:
         last_error = error
       time.sleep(_POLL_SECONDS)
-    raise AssertionError(f"tensorboard did not show {what} within {_START_TIMEOUT_SECONDS:.0f} s "
+    raise TensorBoardNotReadyError(f"tensorboard did not show {what} within {_START_TIMEOUT_SECONDS:.0f} s "
                          f"(last error: {last_error})")
 
   def stop(self) -> None:
