@@ -513,7 +513,8 @@ def main(argv):
     checkpoints = bench_checkpoints(
         cnn, scratch, repetitions, rounds["contenders"]["bare_process_next"]["median_s"])
     _log("section 4: resume latency (runner subprocesses)")
-    resume = bench_resume(scratch, quick, min(3, repetitions))
+    # --quick: one start of each kind (runner starts dominate the quick run's time).
+    resume = bench_resume(scratch, quick, 1 if quick else min(3, repetitions))
     _log("section 5: scaling")
     scaling = bench_scaling(quick, worker, max(1, repetitions // 2), cnn)
   values = {"wrapper_overhead": rounds["wrapper_overhead_in_round"],

@@ -38,7 +38,7 @@ _EXPECTED_STATUS = {
     "sigkill": {-signal.SIGKILL, 0}, "sigkill_group": {-signal.SIGKILL, 0},
     "sigterm": {75, 0}, "sigint": {75, 0}, "second_start": {0, 75},  # 75: the second took the lock.
 }
-_START_UP_SECONDS = (0.3, 12.0)  # A start-up fault lands at a uniform instant in this range.
+_START_UP_SECONDS = (1.0, 7.0)  # After Python itself started (its own start-up has no handlers).
 _AFTER_ROUND_SECONDS = (0.0, 0.12)
 _PROCESS_TIMEOUT_SECONDS = 300
 
@@ -75,23 +75,25 @@ def _start(command: list[str]) -> subprocess.Popen:
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_for_round(runner: subprocess.Popen, round_num: int) -> None:
-  """Reads the runner's output until its line for `round_num` (or its end)."""
+def _wait_for_round(runner: subprocess.Popen, round_num: int) -> str:
+  """Reads the runner's output until its line for `round_num` (or its end: a resumed start may begin
+  past that round); returns what it read."""
+  seen = []
   for line in runner.stdout:
-    if line.startswith(f"round {round_num:4d}/") or line.startswith("Done:"):
-      return
+    seen.append(line)
+    if line.startswith(f"round {round_num:4d}/"):
+      break
+  return "".join(seen)
 
 
 def inflict(command: list[str], fault: Fault) -> tuple[int, str]:
   """Starts the runner, applies `fault`, waits for it; returns (exit status, problem or "")."""
   runner = _start(command)
-  problem = ""
+  problem, seen = "", ""
   try:
-    if fault.after_round is None:
-      time.sleep(fault.delay)
-    else:
-      _wait_for_round(runner, fault.after_round)
-      time.sleep(fault.delay)
+    if fault.after_round is not None:
+      seen = _wait_for_round(runner, fault.after_round)
+    time.sleep(fault.delay)
     if fault.kind == "second_start":
       second = subprocess.run(command, cwd=_REPO_ROOT, env=dict(os.environ, PYTHONPATH=_REPO_ROOT),
                               capture_output=True, text=True, timeout=_PROCESS_TIMEOUT_SECONDS,
@@ -110,6 +112,7 @@ def inflict(command: list[str], fault: Fault) -> tuple[int, str]:
       runner.send_signal({"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM,
                           "sigint": signal.SIGINT}[fault.kind])
     output, _ = runner.communicate(timeout=_PROCESS_TIMEOUT_SECONDS)
+    output = seen + output
   finally:
     if runner.poll() is None:
       runner.kill()

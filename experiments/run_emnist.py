@@ -254,6 +254,12 @@ def _run_locked(config, paths: paths_lib.RunPaths, verbose: bool, stop: runtime.
 
 
 def main(argv):
+  status = _main(argv)
+  _STOP.ignore_from_now()  # The status is decided: a late signal must not turn it into a kill.
+  return status
+
+
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   runtime.quiet_tensorflow_logging(_VERBOSE.value)

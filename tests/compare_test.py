@@ -30,7 +30,7 @@ class CompareTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
-    small = ["--config=configs/demo.py", f"--root_output_dir={cls.root}",
+    small = ["--config=configs/demo.py:smoke", f"--root_output_dir={cls.root}",
              "--config.model.name=linear", "--config.training.total_rounds=3",
              "--config.evaluation.rounds_per_eval=2"]
     for name, aggregator in (("uncompressed", []),

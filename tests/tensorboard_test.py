@@ -135,7 +135,7 @@ class TensorBoardServedTest(absltest.TestCase):
                        ["compressed", "mean", "writer_damaged", "writer_restart"], loader)
     listing = sorted(name for name in os.listdir(os.path.join(self.root, "compressed"))
                      if metrics_release.EVENT_FILE_MARKER not in name)
-    self.assertEqual(listing, ["checkpoints", "config.json", "progress.json", "results"])
+    self.assertEqual(listing, ["checkpoints", "config.json", "progress.json", "results", "run.lock"])
     self.assertLen(metrics_release.event_files(os.path.join(self.root, "compressed")), 2)
 
   def test_every_metric_one_point_per_round_equal_to_the_csv(self):

@@ -10,6 +10,7 @@ Errors a user can cause print one line and exit with status 2.
 
 import argparse
 import json
+import os
 import sys
 
 from tff_resume import runtime
@@ -179,8 +180,15 @@ def _status(args) -> None:
 
 def _export(args) -> None:
   from tff_resume import global_model  # pylint: disable=g-import-not-at-top
+  from tff_resume import run_lock  # pylint: disable=g-import-not-at-top
 
-  metadata = global_model.export_model(args.run_dir, args.out, args.version)
+  run_dir, out = os.path.realpath(args.run_dir), os.path.realpath(args.out)
+  if os.path.commonpath([run_dir, out]) == run_dir:
+    # Writing into the run folder: only while no runner writes there.
+    with run_lock.RunLock(args.run_dir):
+      metadata = global_model.export_model(args.run_dir, args.out, args.version)
+  else:
+    metadata = global_model.export_model(args.run_dir, args.out, args.version)
   print(f"Exported round {metadata['round']} of {args.run_dir} to {args.out}: "
         f"{global_model.MODEL_FILE}, {global_model.WEIGHTS_FILE}, {global_model.METADATA_FILE} "
         f"(weights SHA-256 {metadata['model_weights_sha256'][:16]}...).")
@@ -197,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
   runtime.install_guard_context()
   from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
+  from tff_resume import participation  # pylint: disable=g-import-not-at-top
+  from tff_resume import run_lock  # pylint: disable=g-import-not-at-top
 
   handlers = {("data", "import-leaf"): _import_leaf, ("data", "inspect"): _inspect,
               ("status", None): _status, ("export", None): _export}
@@ -204,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     handlers[(args.command, getattr(args, "data_command", None))](args)
   except (emnist.DataNotFoundError, leaf.LeafFormatError, FileExistsError, ValueError,
           checkpointing.NoGoodVersionError, checkpointing.CorruptVersionError,
-          checkpointing.VersionNotFoundError) as error:
+          checkpointing.VersionNotFoundError, participation.DatabaseError) as error:
     print(f"tff-resume: error: {error}", file=sys.stderr)
     return EXIT_USAGE_ERROR
+  except run_lock.RunLockedError as error:
+    print(f"tff-resume: {error}", file=sys.stderr)
+    return runtime.EXIT_CODE_INTERRUPTED
   return 0
 
 

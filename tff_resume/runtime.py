@@ -102,6 +102,12 @@ class StopRequest:
       self._previous[signal_number] = signal.signal(signal_number, self._handle)
     return self
 
+  def ignore_from_now(self) -> None:
+    """Ignores SIGINT and SIGTERM for the rest of the process: for its last steps, once its exit
+    status is decided. (Python's own shutdown would put back the default action, which kills.)"""
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(signal_number, signal.SIG_IGN)
+
   def restore(self) -> None:
     for signal_number, handler in self._previous.items():
       signal.signal(signal_number, handler)
