@@ -10,7 +10,8 @@ is restarted until its run is complete; a complete run (an episode) is then comp
 run, and the next faults go to a fresh run. Compared: the final weights' SHA-256, the clients sampled in
 every round, `metrics.csv` without time columns, the TensorBoard points of every tag (as the real
 `tensorboard` serves them, time tags by step only) and the participation rows; and after each episode:
-no `worker_binary` left, the run folder's lock free, no temporary file or folder. Prints
+no process of the soak left (runner or `worker_binary`, found by an environment variable they
+carry), the run folder's lock free, no temporary file or folder. Prints
 `faults N, runs identical K of M, leaked processes L` and exits 0 only when every run is identical and
 nothing leaked.
 """
@@ -50,6 +51,16 @@ class Fault:
   delay: float
 
 
+# Every process the soak starts (runners, and through them their workers) carries this variable, so
+# leaks are found by it, whatever else runs on the machine (other tests' workers included).
+_MARKER_VALUE = f"{os.getpid()}-{time.time_ns()}"
+_MARKER = f"TFF_RESUME_CHAOS={_MARKER_VALUE}".encode()
+
+
+def _runner_environment() -> dict[str, str]:
+  return dict(os.environ, PYTHONPATH=_REPO_ROOT, TFF_RESUME_CHAOS=_MARKER_VALUE)
+
+
 def schedule(seed: int, faults: int, rounds: int) -> list[Fault]:
   """The seeded list of faults: half at start-up instants, half right after a random round."""
   rng = random.Random(seed)
@@ -70,7 +81,7 @@ def runner_command(root: str, name: str, rounds: int) -> list[str]:
 
 
 def _start(command: list[str]) -> subprocess.Popen:
-  return subprocess.Popen(command, cwd=_REPO_ROOT, env=dict(os.environ, PYTHONPATH=_REPO_ROOT),
+  return subprocess.Popen(command, cwd=_REPO_ROOT, env=_runner_environment(),
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -95,7 +106,7 @@ def inflict(command: list[str], fault: Fault) -> tuple[int, str]:
       seen = _wait_for_round(runner, fault.after_round)
     time.sleep(fault.delay)
     if fault.kind == "second_start":
-      second = subprocess.run(command, cwd=_REPO_ROOT, env=dict(os.environ, PYTHONPATH=_REPO_ROOT),
+      second = subprocess.run(command, cwd=_REPO_ROOT, env=_runner_environment(),
                               capture_output=True, text=True, timeout=_PROCESS_TIMEOUT_SECONDS,
                               check=False)
       # Whichever of the two takes the lock first trains; the other is refused (75) or, when it
@@ -126,36 +137,37 @@ def inflict(command: list[str], fault: Fault) -> tuple[int, str]:
 
 
 def run_to_completion(command: list[str]) -> None:
-  result = subprocess.run(command, cwd=_REPO_ROOT, env=dict(os.environ, PYTHONPATH=_REPO_ROOT),
+  result = subprocess.run(command, cwd=_REPO_ROOT, env=_runner_environment(),
                           capture_output=True, text=True, timeout=_PROCESS_TIMEOUT_SECONDS,
                           check=False)
   if result.returncode != 0:
     raise RuntimeError(f"{' '.join(command)} ended with {result.returncode}: {result.stderr}")
 
 
-def worker_processes() -> set[int]:
-  """PIDs of live TFF `worker_binary` processes on this machine."""
+def marked_processes() -> set[int]:
+  """PIDs of live processes started by this soak (runners and TFF workers)."""
   found = set()
   for name in os.listdir("/proc"):
     if not name.isdigit():
       continue
     try:
-      with open(f"/proc/{name}/cmdline", "rb") as cmdline:
-        program = cmdline.read().split(b"\0")[0]
+      with open(f"/proc/{name}/environ", "rb") as environ:
+        marked = _MARKER in environ.read().split(b"\0")
       with open(f"/proc/{name}/stat") as stat:
         state = stat.read().rsplit(")", 1)[1].split()[0]
     except OSError:
       continue
-    if program.endswith(b"worker_binary") and state != "Z":
+    if marked and state != "Z":
       found.add(int(name))
   return found
 
 
-def leaked_workers(before: set[int], timeout_seconds: float = 10.0) -> set[int]:
-  """Workers started since `before` still alive after `timeout_seconds` (they die asynchronously)."""
+def processes_left(timeout_seconds: float = 10.0) -> set[int]:
+  """Processes of this soak still alive after `timeout_seconds` (a killed runner's worker dies
+  asynchronously)."""
   deadline = time.monotonic() + timeout_seconds
   while True:
-    leaked = worker_processes() - before
+    leaked = marked_processes()
     if not leaked or time.monotonic() > deadline:
       return leaked
     time.sleep(0.2)
@@ -226,8 +238,8 @@ def chaos(root: str, faults: int, seed: int, rounds: int,
     compare_tensorboard: run names -> {run: tensorboard points}, read through a real server.
   """
   report = ChaosReport()
-  workers_before = worker_processes()
-  run_to_completion(runner_command(root, "straight", rounds))
+  if not os.path.isdir(os.path.join(root, "straight")):  # A caller may have run it already.
+    run_to_completion(runner_command(root, "straight", rounds))
   episodes, episode = [], 0
   pending = schedule(seed, faults, rounds)
   while pending:
@@ -242,10 +254,11 @@ def chaos(root: str, faults: int, seed: int, rounds: int,
       progress(f"fault {report.faults}/{faults}: {fault.kind} "
                f"{'at start-up' if fault.after_round is None else f'after round {fault.after_round}'}"
                f" +{fault.delay:.2f} s -> status {status}{' PROBLEM ' + problem if problem else ''}")
-      if status == 0:
+      if status == 0:  # The run is complete.
         break
-    run_to_completion(command)
-    leaked = leaked_workers(workers_before)
+    else:
+      run_to_completion(command)
+    leaked = processes_left()
     report.leaked_processes += len(leaked)
     report.problems.extend(f"{name}: left {path}" for path in leftovers(os.path.join(root, name)))
     episodes.append(name)

@@ -18,12 +18,24 @@ from tff_resume import paths
 from tff_resume import run_lock
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ROUNDS = 6
+_ROUNDS = 20
 _ENV = dict(os.environ, PYTHONPATH=_REPO_ROOT)
+_ROOT = None  # Holds `straight`, the chaos soak's uninterrupted run, shared by every test here.
+
+
+def setUpModule():
+  global _ROOT
+  _ROOT = tempfile.mkdtemp()
+  status, _, stderr = _run(_command(_ROOT, "straight"))
+  assert status == 0, stderr
+
+
+def tearDownModule():
+  shutil.rmtree(_ROOT, ignore_errors=True)
 
 
 def _command(root, name, rounds=_ROUNDS, *extra):
-  return chaos.runner_command(root, name, rounds) + ["--config.checkpoint.keep_total=0", *extra]
+  return chaos.runner_command(root, name, rounds) + list(extra)
 
 
 def _run(command, env=None):
@@ -87,20 +99,13 @@ class ExperimentNameTest(absltest.TestCase):
 
 
 class RunnerFaultsTest(absltest.TestCase):
-  """Faults on copies of one straight run of `_ROUNDS` rounds."""
+  """Faults on copies of the straight run of `_ROUNDS` rounds (5 versions kept)."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.root = tempfile.mkdtemp()
-    status, _, stderr = _run(_command(cls.root, "straight"))
-    assert status == 0, stderr
+    cls.root = _ROOT
     cls.straight = chaos.run_outcome(os.path.join(cls.root, "straight"))
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.root, ignore_errors=True)
-    super().tearDownClass()
 
   def _copy_without_newest_version(self, name):
     """A copy of the straight run that must redo its last round."""
@@ -150,7 +155,8 @@ class RunnerFaultsTest(absltest.TestCase):
   def test_disk_full_during_a_round_keeps_the_last_version_and_resumes_identically(self):
     mount_point = self._full_disk()
     root = mount_point or os.path.join(self.root, "disk")
-    status, _, stderr = _run(_command(root, "full", 2))
+    keep_all = "--config.checkpoint.keep_total=0"
+    status, _, stderr = _run(_command(root, "full", 2, keep_all))
     self.assertEqual(status, 0, stderr)
     if mount_point:
       # Fill the file system up to a few pages: start-up fits, a later round's writes do not.
@@ -161,7 +167,7 @@ class RunnerFaultsTest(absltest.TestCase):
       env = _ENV
     else:
       env = dict(_ENV, TFF_RESUME_FAULT="disk-full-during-save:3")
-    status, stdout, stderr = _run(_command(root, "full"), env=env)
+    status, stdout, stderr = _run(_command(root, "full", _ROUNDS, keep_all), env=env)
     self.assertEqual(status, 74, stderr)
     self.assertNotIn("Traceback", stderr)
     last_line = stderr.strip().splitlines()[-1]
@@ -172,11 +178,11 @@ class RunnerFaultsTest(absltest.TestCase):
     versions = sorted(int(name.split("_")[1])
                       for name in os.listdir(os.path.join(run_dir, "checkpoints")))
     self.assertEqual(versions, list(range(len(versions))))
-    self.assertBetween(len(versions), 3, _ROUNDS)
+    self.assertBetween(len(versions), 3, _ROUNDS)  # It stopped in round 3 or later.
     self.assertEqual(chaos.leftovers(run_dir), [])
     if mount_point:
       os.remove(filler)
-    status, stdout, stderr = _run(_command(root, "full"))
+    status, stdout, stderr = _run(_command(root, "full", _ROUNDS, keep_all))
     self.assertEqual(status, 0, stderr)
     outcome = chaos.run_outcome(run_dir)
     # The 2-round start evaluated its last round, which a straight 6-round run does not.
@@ -226,16 +232,16 @@ class RunnerFaultsTest(absltest.TestCase):
     connection.close()
     status, _, stderr = _run(_command(self.root, "deleted_rows"))
     self.assertEqual(status, 0, stderr)
-    self.assertIn("lacks rounds of version 5: rebuilding it from the checkpoint", stderr)
+    self.assertIn(f"lacks rounds of version {_ROUNDS - 1}: rebuilding it from the checkpoint",
+                  stderr)
     self.assertEqual(chaos.run_outcome(run_dir)["participation"], self.straight["participation"])
 
 
 class ChaosTest(absltest.TestCase):
 
   def test_twenty_seeded_faults_end_identical_with_nothing_left(self):
-    root = self.create_tempdir().full_path
-    report = chaos.chaos(root, faults=20, seed=1, rounds=20,
-                         compare_tensorboard=chaos.served_points(root))
+    report = chaos.chaos(_ROOT, faults=20, seed=1, rounds=_ROUNDS,
+                         compare_tensorboard=chaos.served_points(_ROOT))
     self.assertEqual(report.problems, [])
     self.assertEqual(report.faults, 20)
     self.assertGreaterEqual(report.runs, 1)

@@ -47,20 +47,6 @@ def _run(root, name, *extra, env=None, total_rounds=_TOTAL_ROUNDS):
   return runner.returncode, stdout, stderr
 
 
-def _run_until_round(root, name, round_num, signal_number):
-  """Starts a run, sends `signal_number` once it reports round `round_num`, returns its status."""
-  runner = _start(root, name)
-  try:
-    for line in runner.stdout:
-      if line.startswith(f"round {round_num:4d}/"):
-        runner.send_signal(signal_number)
-        break
-    stdout, _ = runner.communicate(timeout=300)
-  finally:
-    runner.kill()
-  return runner.returncode, stdout
-
-
 def _final(root, name):
   """Returns (record, server-state leaves) of the newest version of a run."""
   manager = checkpointing.DurableProgramStateManager(os.path.join(root, name, "checkpoints"))
@@ -126,24 +112,6 @@ class ResumeEquivalenceTest(_WithStraightRun):
     for key, array in leaves.items():
       self.assertEqual(array.tobytes(), self.straight_leaves[key].tobytes(), key)
     return record
-
-  def test_sigkill_after_round_1_then_resume_is_identical(self):
-    status, _ = _run_until_round(self.root, "kill1", 1, signal.SIGKILL)
-    self.assertEqual(status, -signal.SIGKILL)
-    status, stdout, stderr = _run(self.root, "kill1")
-    self.assertEqual(status, 0, stderr)
-    self.assertIn("Resuming", stdout)
-    record = self._assert_identical_to_straight("kill1")
-    self.assertLen(record["resume_log"], 2)
-    csv_rows, straight_rows = _csv_rows(self.root, "kill1"), _csv_rows(self.root, "straight")
-    self.assertEqual([row["round"] for row in csv_rows], ["1", "2", "3", "4"])
-    self.assertEqual([_without_wall_times([row])[0] for row in csv_rows],
-                     [_without_wall_times([row])[0] for row in straight_rows])
-    # The cumulative bits continue exactly across the kill: 4 clients x (7,850 x 32 + 32) a round.
-    self.assertEqual([int(row["communication/aggregated_bits"]) for row in csv_rows],
-                     [r * 4 * (7850 * 32 + 32) for r in range(1, 5)])
-    self.assertEqual([int(row["communication/broadcasted_bits"]) for row in csv_rows],
-                     [r * 4 * 7850 * 32 for r in range(1, 5)])
 
   def test_sigkill_while_version_3_is_written_then_resume_is_identical(self):
     status, _, _ = _run(self.root, "midsave", env={"TFF_RESUME_FAULT": "kill-during-save:3"})
