@@ -338,7 +338,9 @@ def runtime_loop():
 
 
 def _runner_command(root: str, name: str, quick: bool, total_rounds: int) -> list[str]:
-  config = workload_config(quick)
+  # --quick times the linear model's starts: its numbers mean nothing, and it spares the tests the
+  # CNN's longer tracing in every runner start.
+  config = workload_config(quick, "linear" if quick else "cnn")
   overrides = {
       "model.name": config.model.name,
       "data.synthetic.num_clients": config.data.synthetic.num_clients,
