@@ -9,6 +9,7 @@ Errors a user can cause print one line and exit with status 2.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -183,11 +184,9 @@ def _export(args) -> None:
   from tff_resume import run_lock  # pylint: disable=g-import-not-at-top
 
   run_dir, out = os.path.realpath(args.run_dir), os.path.realpath(args.out)
-  if os.path.commonpath([run_dir, out]) == run_dir:
-    # Writing into the run folder: only while no runner writes there.
-    with run_lock.RunLock(args.run_dir):
-      metadata = global_model.export_model(args.run_dir, args.out, args.version)
-  else:
+  # Writing into the run folder: only while no runner writes there.
+  into_run = os.path.commonpath([run_dir, out]) == run_dir
+  with run_lock.RunLock(args.run_dir) if into_run else contextlib.nullcontext():
     metadata = global_model.export_model(args.run_dir, args.out, args.version)
   print(f"Exported round {metadata['round']} of {args.run_dir} to {args.out}: "
         f"{global_model.MODEL_FILE}, {global_model.WEIGHTS_FILE}, {global_model.METADATA_FILE} "

@@ -17,8 +17,8 @@ disk, whatever tags they had (an evaluation or checkpoint time that the new star
 round included). It also writes a `SessionLog.START` event, which TensorBoard's Python loader honours
 while it runs. When a file cannot be read to its end (a torn or damaged record), every event file of
 the run is set aside (renamed `...damaged-events...`, which TensorBoard ignores) and the runner rewrites
-the rounds its checkpoint holds. The round's events are flushed before its checkpoint is saved, so a checkpointed round never
-lacks its points.
+the rounds its checkpoint holds. The round's events are flushed before its checkpoint is saved, so
+a checkpointed round never lacks its points.
 
 HParams: every start records the run's hyperparameters (a session) and the experiment's metric
 columns (final evaluation and training accuracy and loss, cumulative bits), so the HParams dashboard
@@ -45,7 +45,7 @@ from tff_resume import atomic_files
 from tff_resume import units
 
 EVENT_FILE_MARKER = "tfevents"  # TensorBoard loads every file whose name contains this.
-LEGACY_LOGDIR = "logdir"  # Where runs before tff_resume 0.3 kept their events.
+LEGACY_LOGDIR = "logdir"  # Where runs kept their events before they moved into the run folder.
 HPARAMS_METRICS = (
     "evaluation/sparse_categorical_accuracy", "evaluation/loss",
     "client_work/train/sparse_categorical_accuracy", "client_work/train/loss",

@@ -60,13 +60,11 @@ class StopRequest:
   `raise_if_requested()` between its steps and a training loop polls `requested` after each round.
   A second signal stops at once: the registered cleanups run (removing the files being written) and
   the process exits with `EXIT_CODE_INTERRUPTED`, without a traceback; the worker process dies with it.
-  Used as a context manager, it installs the handlers and restores the previous ones on exit.
   """
 
   def __init__(self):
     self.requested = False
     self.signal_name = None
-    self._previous = {}
     self._cleanups = []
 
   def _handle(self, signal_number, frame):
@@ -99,7 +97,7 @@ class StopRequest:
 
   def install(self) -> "StopRequest":
     for signal_number in (signal.SIGINT, signal.SIGTERM):
-      self._previous[signal_number] = signal.signal(signal_number, self._handle)
+      signal.signal(signal_number, self._handle)
     return self
 
   def ignore_from_now(self) -> None:
@@ -108,16 +106,6 @@ class StopRequest:
     for signal_number in (signal.SIGINT, signal.SIGTERM):
       signal.signal(signal_number, signal.SIG_IGN)
 
-  def restore(self) -> None:
-    for signal_number, handler in self._previous.items():
-      signal.signal(signal_number, handler)
-    self._previous.clear()
-
-  def __enter__(self) -> "StopRequest":
-    return self.install()
-
-  def __exit__(self, *exc_info) -> None:
-    self.restore()
 
 
 class WorkerStartError(RuntimeError):
