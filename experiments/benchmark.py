@@ -11,13 +11,11 @@ to seconds (the tests use it); its numbers mean nothing.
 """
 
 import asyncio
-import contextlib
 import datetime
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,12 +30,17 @@ from absl import app
 from absl import flags
 
 from configs import demo
+from experiments import benchmark_scale
+from experiments import measure
 from tff_resume import atomic_files
+from tff_resume import bookkeeping
 from tff_resume import checkpointing
 from tff_resume import experiment
 from tff_resume import fingerprint as fingerprint_lib
+from tff_resume import history as history_lib
 from tff_resume import metrics_release
 from tff_resume import models
+from tff_resume import paths as paths_lib
 from tff_resume import training
 from tff_resume.data import preprocessing
 # pylint: enable=g-import-not-at-top,g-bad-import-order
@@ -49,10 +52,13 @@ _OUT = flags.DEFINE_string("out", None, "Folder to write benchmark.json and benc
 _REPETITIONS = flags.DEFINE_integer("repetitions", 5, "Repetitions of each side-by-side comparison.")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny workload and 2 repetitions (for tests; numbers "
                            "mean nothing).")
+_SECTIONS = flags.DEFINE_multi_enum(
+    "sections", ["core", "scale"], ["core", "scale"],
+    "Which sections to run: core (1-5: rounds, checkpoints, resume, scaling on the CNN) and scale "
+    "(6-9: costs against rounds done, population and run length).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show TensorFlow's and TFF's messages.")
 
 _RESUME_TOTAL_ROUNDS = 10
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {
     "wrapper_overhead": 1.03,
     "floor_ratio": 1.3,
@@ -60,6 +66,7 @@ TARGETS = {
     "checkpoint_share_of_round": 0.02,
     "resume_extra_seconds": 1.0,
 }
+ALL_TARGETS = {**TARGETS, **benchmark_scale.TARGETS}
 
 
 def _log(message: str) -> None:
@@ -82,33 +89,6 @@ def workload_config(quick: bool, model_name: str = "cnn"):
   config.client.epochs = 1 if quick else 5
   config.checkpoint.keep_total = 2
   return config
-
-
-def alternate(contenders, repetitions: int) -> dict[str, list[float]]:
-  """Times each contender once per repetition, reversing their order every other repetition.
-
-  Args:
-    contenders: name -> a function of no arguments. One that returns a float has measured itself
-      (e.g. up to a point inside a subprocess): that float counts instead of its wall time.
-    repetitions: how many times each runs.
-
-  Returns:
-    name -> seconds of each run.
-  """
-  names = list(contenders)
-  seconds = {name: [] for name in names}
-  for repetition in range(repetitions):
-    for name in (names if repetition % 2 == 0 else names[::-1]):
-      started = time.perf_counter()
-      measured = contenders[name]()
-      seconds[name].append(measured if isinstance(measured, float)
-                           else time.perf_counter() - started)
-  return seconds
-
-
-def summarize(seconds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-  return {name: {"median_s": statistics.median(values), "min_s": min(values),
-                 "max_s": max(values), "n": len(values)} for name, values in seconds.items()}
 
 
 class FloorTrainer:
@@ -178,42 +158,40 @@ class Workload:
 
 class RunnerLoop:
   """What the runner does around `process.next` each round: sampling, datasets, metrics, accounting,
-  TensorBoard, CSV, progress file and a checkpoint version, through `training.train`."""
+  history, TensorBoard, CSV, participation, progress file and a checkpoint version, through
+  `training.train`."""
 
   def __init__(self, workload: Workload, run_dir: str):
     config = workload.config
     self._workload = workload
-    self._manager = checkpointing.DurableProgramStateManager(
-        os.path.join(run_dir, "checkpoints"), keep_total=config.checkpoint.keep_total)
-    self._record = experiment.new_record(config, fingerprint_lib.compute_fingerprint(config))
+    paths = paths_lib.RunPaths.from_run_dir(run_dir)
+    manager = checkpointing.DurableProgramStateManager(paths.checkpoints,
+                                                       keep_total=config.checkpoint.keep_total)
+    record = experiment.new_record(config, fingerprint_lib.compute_fingerprint(config))
+    history, _ = bookkeeping.open_history(manager, None, None, None, paths.progress_json)
+    self._book = bookkeeping.Bookkeeping(
+        paths, manager, record, history,
+        experiment.client_example_counter(config, workload.train_data),
+        fingerprint_lib.flatten_config(config))
     self._state = workload.initial_state
-    self._tensorboard = metrics_release.TensorBoardRoundWriter(run_dir)
-    self._tensorboard.start(1)
-    self._csv = os.path.join(run_dir, "results", "metrics.csv")
-    self._progress = os.path.join(run_dir, "progress.json")
     self.checkpoint_seconds = []
     self.wall_and_inner_seconds = []  # (train() wall time, its sampling + datasets + process.next)
-
-  def _release(self, round_num, metrics):
-    self._tensorboard.write_round(round_num, metrics)
-    metrics_release.write_metrics_csv(self._csv, self._record.metrics)
 
   def round(self) -> None:
     workload = self._workload
     started = time.perf_counter()
     self._state, _ = training.train(
-        process=workload.process, state=self._state, record=self._record,
-        state_manager=self._manager, total_rounds=self._record.rounds_done + 1,
-        rounds_per_checkpoint=1, communication=workload.communication,
-        evaluate=lambda weights: {}, rounds_per_eval=0, select_clients=workload.select_clients,
-        client_datasets=workload.client_datasets, should_stop=lambda: False,
-        release=self._release, on_round=lambda result: self.checkpoint_seconds.append(
-            result.checkpoint_seconds), progress_path=self._progress)
+        process=workload.process, state=self._state, book=self._book,
+        total_rounds=self._book.record.rounds_done + 1, rounds_per_checkpoint=1,
+        communication=workload.communication, evaluate=lambda weights: {}, rounds_per_eval=0,
+        select_clients=workload.select_clients, client_datasets=workload.client_datasets,
+        should_stop=lambda: False,
+        on_round=lambda result: self.checkpoint_seconds.append(result.checkpoint_seconds))
     self.wall_and_inner_seconds.append((time.perf_counter() - started,
-                                        self._record.metrics[-1]["time/round_seconds"]))
+                                        self._book.record.last_metrics["time/round_seconds"]))
 
   def close(self) -> None:
-    self._tensorboard.close()
+    self._book.close()
 
 
 def paired_ratios(seconds: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
@@ -243,17 +221,17 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
   workload.bare_round(datasets)
   runner.round()
   floor.round(datasets)
-  seconds = alternate({"bare_process_next": lambda: workload.bare_round(datasets),
-                       "runner": runner.round, "plain_tf_floor": lambda: floor.round(datasets)},
-                      repetitions)
+  seconds = measure.alternate({"bare_process_next": lambda: workload.bare_round(datasets),
+                               "runner": runner.round,
+                               "plain_tf_floor": lambda: floor.round(datasets)}, repetitions)
   runner.close()
   in_round = [wall / inner for wall, inner in runner.wall_and_inner_seconds[1:]]
   _log("rounds: one batch per client (fixed costs)")
   workload.bare_round(tiny)
   floor.round(tiny)
-  seconds.update(alternate({"bare_one_batch_per_client": lambda: workload.bare_round(tiny),
-                            "floor_one_batch_per_client": lambda: floor.round(tiny)},
-                           repetitions))
+  seconds.update(measure.alternate(
+      {"bare_one_batch_per_client": lambda: workload.bare_round(tiny),
+       "floor_one_batch_per_client": lambda: floor.round(tiny)}, repetitions))
   _log("rounds: worker concurrency settings")
   concurrency = {}
   for limit in (2, 4):
@@ -270,11 +248,11 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
   contenders.update({name: bare_with(other.context) for name, other in concurrency.items()})
   for contender in contenders.values():
     contender()  # Warm-up of each worker.
-  seconds.update(alternate(contenders, repetitions))
+  seconds.update(measure.alternate(contenders, repetitions))
   tff.framework.set_default_context(worker.context)
   for other in concurrency.values():
     other.stop()
-  summary = summarize(seconds)
+  summary = measure.summarize(seconds)
   median = {name: stats["median_s"] for name, stats in summary.items()}
   return {
       "contenders": summary,
@@ -302,21 +280,22 @@ def bench_checkpoints(workload: Workload, scratch: str, repetitions: int,
   loop = runtime_loop()
 
   def save_ours():  # As the runner saves: weights SHA-256 and run record included.
-    record.add_round(["client"], {"round": len(record.metrics) + 1})
-    training.save_checkpoint(ours, workload.process, state, record)
+    record.add_round(history_lib.GENESIS, {"round": record.rounds_done + 1})
+    bookkeeping.save_checkpoint(ours, state, record,
+                                training.model_weights_sha256(workload.process, state))
 
   def save_tff():
     versions["tff"] += 1
     loop.run_until_complete(theirs.save(state, versions["tff"]))
 
-  seconds = alternate({"save_ours": save_ours, "save_file_program_state_manager": save_tff},
-                      repetitions)
-  seconds.update(alternate({
+  seconds = measure.alternate(
+      {"save_ours": save_ours, "save_file_program_state_manager": save_tff}, repetitions)
+  seconds.update(measure.alternate({
       "load_ours": lambda: ours.load_version(ours.latest_good_version(), state),
       "load_file_program_state_manager":
           lambda: loop.run_until_complete(theirs.load(versions["tff"], state)),
   }, repetitions))
-  summary = summarize(seconds)
+  summary = measure.summarize(seconds)
   save = summary["save_ours"]["median_s"]
   return {
       "contenders": summary,
@@ -341,7 +320,7 @@ def _runner_command(root: str, name: str, quick: bool, total_rounds: int) -> lis
   # --quick times the linear model's starts: its numbers mean nothing, and it spares the tests the
   # CNN's longer tracing in every runner start.
   config = workload_config(quick, "linear" if quick else "cnn")
-  overrides = {
+  return measure.runner_command(root, name, {
       "model.name": config.model.name,
       "data.synthetic.num_clients": config.data.synthetic.num_clients,
       "data.synthetic.min_examples_per_client": config.data.synthetic.min_examples_per_client,
@@ -351,28 +330,7 @@ def _runner_command(root: str, name: str, quick: bool, total_rounds: int) -> lis
       "client.epochs": config.client.epochs,
       "evaluation.rounds_per_eval": 0,
       "evaluation.max_clients": 1,
-  }
-  return [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py",
-          f"--root_output_dir={root}", f"--experiment_name={name}",
-          *[f"--config.{field}={value}" for field, value in overrides.items()]]
-
-
-def _seconds_until_round(command: list[str], round_num: int, total_rounds: int) -> float:
-  """Starts the runner; returns the seconds from its start until it reports `round_num`, then kills
-  it (SIGKILL: the benchmark only times the way there)."""
-  started = time.perf_counter()
-  process = subprocess.Popen(command, cwd=_REPO_ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True,
-                             env=dict(os.environ, PYTHONPATH=_REPO_ROOT))
-  try:
-    for line in process.stdout:
-      if line.startswith(f"round {round_num:4d}/{total_rounds} "):
-        return time.perf_counter() - started
-    raise RuntimeError(f"the runner exited with status {process.wait()} before round {round_num}: "
-                       f"{' '.join(command)}")
-  finally:
-    process.kill()
-    process.wait()
+  })
 
 
 def bench_resume(scratch: str, quick: bool, repetitions: int) -> dict:
@@ -381,39 +339,26 @@ def bench_resume(scratch: str, quick: bool, repetitions: int) -> dict:
   would add the final evaluation."""
   total = _RESUME_TOTAL_ROUNDS
   killed = os.path.join(scratch, "killed")
-  _seconds_until_round(_runner_command(scratch, "killed", quick, total), 2, total)  # Then SIGKILL.
+  # Killed (SIGKILL) once it reports round 2.
+  measure.seconds_until_round(_runner_command(scratch, "killed", quick, total), 2, total)
   counter = {"cold": 0, "resumed": 0}
 
   def cold():
     counter["cold"] += 1
-    return _seconds_until_round(_runner_command(scratch, f"cold{counter['cold']}", quick, total),
-                                1, total)
+    return measure.seconds_until_round(
+        _runner_command(scratch, f"cold{counter['cold']}", quick, total), 1, total)
 
   def resumed():
     counter["resumed"] += 1
     name = f"resumed{counter['resumed']}"
     shutil.copytree(killed, os.path.join(scratch, name))  # Not timed: the clock starts at exec.
-    return _seconds_until_round(_runner_command(scratch, name, quick, total), 3, total)
+    return measure.seconds_until_round(_runner_command(scratch, name, quick, total), 3, total)
 
-  summary = summarize(alternate({"cold_start_to_round_1": cold, "resume_to_round_3": resumed},
-                                repetitions))
+  summary = measure.summarize(measure.alternate(
+      {"cold_start_to_round_1": cold, "resume_to_round_3": resumed}, repetitions))
   return {"contenders": summary,
           "resume_extra_seconds": (summary["resume_to_round_3"]["median_s"]
                                    - summary["cold_start_to_round_1"]["median_s"])}
-
-
-def _peak_rss_bytes(pid: int | str) -> int:
-  with open(f"/proc/{pid}/status") as status:
-    for line in status:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) * 1024
-  return 0
-
-
-def _reset_peak_rss(pid: int | str) -> None:
-  with contextlib.suppress(OSError):
-    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
-      clear_refs.write("5")
 
 
 def bench_scaling(quick: bool, worker: runtime.LocalWorker, repetitions: int,
@@ -429,26 +374,30 @@ def bench_scaling(quick: bool, worker: runtime.LocalWorker, repetitions: int,
     datasets = workload.datasets(1, count)
     workload.bare_round(datasets)  # Warm-up for this number of clients.
     for pid in (worker.pid, "self"):
-      _reset_peak_rss(pid)
+      measure.reset_peak_memory(pid)
     median = statistics.median(
-        alternate({"round": lambda: workload.bare_round(datasets)}, repetitions)["round"])
+        measure.alternate({"round": lambda: workload.bare_round(datasets)}, repetitions)["round"])
     examples = count * workload.config.data.synthetic.max_examples_per_client * (
         workload.config.client.epochs)
     rows.append({"model": workload.config.model.name, "clients_per_round": count,
                  "examples_processed": examples, "round_median_s": median,
                  "ms_per_1000_examples": 1000 * median / examples * 1000,
-                 "worker_peak_rss_bytes": _peak_rss_bytes(worker.pid),
-                 "python_peak_rss_bytes": _peak_rss_bytes("self")})
+                 "worker_peak_rss_bytes": measure.memory_bytes(worker.pid)["peak"],
+                 "python_peak_rss_bytes": measure.memory_bytes("self")["peak"]})
     _log(f"scaling: {workload.config.model.name} x {count} clients: {median:.2f} s")
   return rows
 
 
+def _unit(name: str) -> str:
+  return " s" if name.endswith("_seconds") else " MiB" if name.endswith("_mib") else ""
+
+
 def _verdict(name: str, value: float) -> str:
-  target = TARGETS[name]
+  target = ALL_TARGETS[name]
   if value <= target:
     return "met"
-  if name == "resume_extra_seconds":
-    return f"missed by {value - target:.2f} s"
+  if _unit(name):
+    return f"missed by {value - target:.2f}{_unit(name)}"
   return f"missed by {100 * (value / target - 1):.1f}%"
 
 
@@ -459,9 +408,18 @@ def render_markdown(report: dict) -> str:
            f"{report['repetitions']} alternated repetitions per comparison; medians.", "",
            "| measure | value | target | verdict |", "| --- | --- | --- | --- |"]
   for name, value in report["targets"].items():
-    unit = " s" if name == "resume_extra_seconds" else ""
+    unit = _unit(name)
     shown = f"{value['value']:.3f}{unit}"
     lines.append(f"| {name} | {shown} | <= {value['target']}{unit} | {value['verdict']} |")
+  if "rounds" in report:
+    lines += _render_core(report)
+  if "scale" in report:
+    lines += benchmark_scale.render_markdown(report["scale"])
+  return "\n".join(lines) + "\n"
+
+
+def _render_core(report: dict) -> list[str]:
+  lines = []
   rounds = report["rounds"]
   bare = rounds["contenders"]["bare_process_next"]["median_s"]
   lines += [
@@ -491,7 +449,30 @@ def render_markdown(report: dict) -> str:
                  f"{row['round_median_s']:.3f} | {row['ms_per_1000_examples']:.1f} | "
                  f"{row['worker_peak_rss_bytes'] / 2**20:.0f} | "
                  f"{row['python_peak_rss_bytes'] / 2**20:.0f} |")
-  return "\n".join(lines) + "\n"
+  return lines
+
+
+def _core_sections(scratch: str, quick: bool, repetitions: int, worker) -> dict:
+  """Sections 1-5 on the FedAvg CNN; returns their reports and {"values": target values}."""
+  _log("building the FedAvg CNN workload")
+  cnn = Workload(workload_config(quick))
+  _log("sections 1-2: runner vs bare process.next vs plain-TF floor")
+  rounds = bench_rounds(cnn, scratch, repetitions, worker)
+  _log("section 3: checkpoints")
+  checkpoints = bench_checkpoints(
+      cnn, scratch, repetitions, rounds["contenders"]["bare_process_next"]["median_s"])
+  _log("section 4: resume latency (runner subprocesses)")
+  # --quick: one start of each kind (runner starts dominate the quick run's time).
+  resume = bench_resume(scratch, quick, 1 if quick else min(3, repetitions))
+  _log("section 5: scaling")
+  scaling = bench_scaling(quick, worker, max(1, repetitions // 2), cnn)
+  values = {"wrapper_overhead": rounds["wrapper_overhead_in_round"],
+            "floor_ratio": rounds["floor_ratio"],
+            "checkpoint_save_vs_file_manager": checkpoints["checkpoint_save_vs_file_manager"],
+            "checkpoint_share_of_round": checkpoints["checkpoint_share_of_round"],
+            "resume_extra_seconds": resume["resume_extra_seconds"]}
+  return {"values": values, "rounds": rounds, "checkpoints": checkpoints, "resume": resume,
+          "scaling": scaling}
 
 
 def main(argv):
@@ -506,24 +487,16 @@ def main(argv):
   os.makedirs(_OUT.value, exist_ok=True)
   started = time.perf_counter()
   worker = runtime.start_local_execution_context(show_worker_output=_VERBOSE.value)
+  sections, values = {}, {}
   with tempfile.TemporaryDirectory(prefix="tff_resume_benchmark_") as scratch:
-    _log("building the FedAvg CNN workload")
-    cnn = Workload(workload_config(quick))
-    _log("sections 1-2: runner vs bare process.next vs plain-TF floor")
-    rounds = bench_rounds(cnn, scratch, repetitions, worker)
-    _log("section 3: checkpoints")
-    checkpoints = bench_checkpoints(
-        cnn, scratch, repetitions, rounds["contenders"]["bare_process_next"]["median_s"])
-    _log("section 4: resume latency (runner subprocesses)")
-    # --quick: one start of each kind (runner starts dominate the quick run's time).
-    resume = bench_resume(scratch, quick, 1 if quick else min(3, repetitions))
-    _log("section 5: scaling")
-    scaling = bench_scaling(quick, worker, max(1, repetitions // 2), cnn)
-  values = {"wrapper_overhead": rounds["wrapper_overhead_in_round"],
-            "floor_ratio": rounds["floor_ratio"],
-            "checkpoint_save_vs_file_manager": checkpoints["checkpoint_save_vs_file_manager"],
-            "checkpoint_share_of_round": checkpoints["checkpoint_share_of_round"],
-            "resume_extra_seconds": resume["resume_extra_seconds"]}
+    if "core" in _SECTIONS.value:
+      sections.update(_core_sections(scratch, quick, repetitions, worker))
+      values.update(sections.pop("values"))
+    if "scale" in _SECTIONS.value:
+      _log("sections 6-9: research scale")
+      linear = Workload(workload_config(quick, "linear"))
+      sections["scale"] = benchmark_scale.run_sections(linear, scratch, quick, repetitions)
+      values.update(sections["scale"].pop("values"))
   config = workload_config(quick)
   report = {
       "date": datetime.date.today().isoformat(),
@@ -534,9 +507,9 @@ def main(argv):
                    f"{config.data.synthetic.max_examples_per_client} synthetic examples, "
                    f"{config.client.epochs} epochs, batch {config.client.batch_size}"),
       "quick": quick, "repetitions": repetitions,
-      "targets": {name: {"value": value, "target": TARGETS[name], "verdict": _verdict(name, value)}
-                  for name, value in values.items()},
-      "rounds": rounds, "checkpoints": checkpoints, "resume": resume, "scaling": scaling,
+      "targets": {name: {"value": value, "target": ALL_TARGETS[name],
+                         "verdict": _verdict(name, value)} for name, value in values.items()},
+      **sections,
       "seconds": time.perf_counter() - started,
   }
   json_path = os.path.join(_OUT.value, "benchmark.json")

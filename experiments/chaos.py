@@ -189,9 +189,15 @@ def run_outcome(run_dir: str) -> dict:
         "SELECT round, client_id, examples FROM participation ORDER BY round, client_id").fetchall()
   finally:
     connection.close()
+  connection = sqlite3.connect(os.path.join(checkpoints, "history.sqlite"))
+  try:
+    sampled_clients = [json.loads(clients) for (clients,) in connection.execute(
+        "SELECT clients FROM rounds WHERE round <= ? ORDER BY round", (record["rounds_done"],))]
+  finally:
+    connection.close()
   return {"model_weights_sha256": record["model_weights_sha256"],
-          "sampled_clients": record["sampled_clients"], "metrics_csv": rows,
-          "participation": participation}
+          "history_sha256": record["history_sha256"], "sampled_clients": sampled_clients,
+          "metrics_csv": rows, "participation": participation}
 
 
 def leftovers(run_dir: str) -> list[str]:

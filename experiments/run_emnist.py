@@ -35,10 +35,12 @@ from absl import logging
 from ml_collections import config_flags
 
 from tff_resume import atomic_files
+from tff_resume import bookkeeping
 from tff_resume import checkpointing
 from tff_resume import experiment
 from tff_resume import fingerprint as fingerprint_lib
 from tff_resume import global_model
+from tff_resume import history as history_lib
 from tff_resume import metrics_release
 from tff_resume import participation
 from tff_resume import paths as paths_lib
@@ -67,7 +69,7 @@ EXIT_CODE_BAD_INPUT = 2
 EXIT_CODE_WRITE_FAILED = 74  # EX_IOERR: a disk full or failing; the last saved version is intact.
 _USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, global_model.ModelSourceError,
                 fingerprint_lib.FingerprintMismatchError, checkpointing.NoGoodVersionError,
-                paths_lib.InvalidExperimentNameError)
+                paths_lib.InvalidExperimentNameError, history_lib.HistoryMismatchError)
 
 
 class VersionVanishedError(Exception):
@@ -93,37 +95,6 @@ def _report_round(result: training.RoundResult, first_round: int, started: float
         f" up {units.format_bits(metrics['communication/aggregated_bits'])}"
         f"{evaluation}  round {result.round_seconds:.2f} s{checkpoint}"
         f"  ETA {time.strftime('%H:%M:%S', time.gmtime(eta_seconds))}", flush=True)
-
-
-def _rounds_redone(paths: paths_lib.RunPaths, version: int) -> int:
-  """Rounds completed after `version` by earlier starts (from progress.json; 0 if it is damaged)."""
-  if not os.path.exists(paths.progress_json):
-    return 0
-  try:
-    return max(0, int(atomic_files.read_json(paths.progress_json)["last_completed_round"]) - version)
-  except (OSError, ValueError, KeyError, TypeError) as error:
-    atomic_files.set_aside(paths.progress_json, f"{error}; rebuilt from version {version}")
-    return 0
-
-
-def _open_participation(paths: paths_lib.RunPaths, record: run_record.RunRecord,
-                        client_examples) -> participation.ParticipationLog:
-  """Opens the participation table holding exactly rounds 1..rounds_done of the record, rebuilding it
-  from the record when it is damaged or lacks rounds."""
-  try:
-    log = participation.ParticipationLog(paths.participation_db)
-  except participation.DatabaseError as error:
-    atomic_files.set_aside(paths.participation_db,
-                           f"{error}; rebuilt from version {record.rounds_done}")
-    log = participation.ParticipationLog(paths.participation_db)
-  log.keep_rounds_up_to(record.rounds_done)
-  if log.rounds_recorded() == record.rounds_done:
-    return log
-  logging.warning("%s lacks rounds of version %d: rebuilding it from the checkpoint.",
-                  paths.participation_db, record.rounds_done)
-  log.replace_all([(round_num, [(client_id, client_examples(client_id)) for client_id in clients])
-                   for round_num, clients in enumerate(record.sampled_clients, start=1)])
-  return log
 
 
 def run(config, paths: paths_lib.RunPaths, verbose: bool, stop: runtime.StopRequest) -> int:
@@ -159,9 +130,10 @@ def _run_locked(config, paths: paths_lib.RunPaths, verbose: bool, stop: runtime.
       paths.checkpoints, keep_total=config.checkpoint.keep_total,
       keep_first=config.checkpoint.keep_first, keep_every_k=config.checkpoint.keep_every_k)
   version = manager.latest_good_version()
-  record = None
+  record = metadata = None
   if version is not None:
-    record = run_record.RunRecord.from_json(manager.load_metadata(version))
+    metadata = manager.load_metadata(version)
+    record = run_record.RunRecord.from_json(metadata)
     fingerprint_lib.check_resumable(record.fingerprint, fingerprint, paths.run_dir)
     if record.rounds_done >= config.training.total_rounds:
       print(f"Run {paths.run_dir} is complete: {record.rounds_done} rounds done, "
@@ -172,23 +144,35 @@ def _run_locked(config, paths: paths_lib.RunPaths, verbose: bool, stop: runtime.
   train_data, test_data = experiment.load_data(config)
   experiment.check_population(config, train_data)
   stop.raise_if_requested()
-  for cleanup in (manager.remove_temporaries,
-                  lambda: atomic_files.remove_temporaries(paths.run_dir),
-                  lambda: atomic_files.remove_temporaries(paths.results_dir)):
-    cleanup()
-    stop.add_cleanup(cleanup)
-  atomic_files.write_json_atomically(paths.config_json, config.to_dict())
-  for corrupt in [v for v in manager.versions() if version is not None and v > version]:
-    manager.set_aside(corrupt)
+  with contextlib.ExitStack() as stack:
+    # First, as it may refuse the run: nothing is changed before it accepts the history.
+    history, redone = bookkeeping.open_history(manager, version, record, metadata,
+                                               paths.progress_json)
+    stack.callback(history.close)
+    for cleanup in (manager.remove_temporaries,
+                    lambda: atomic_files.remove_temporaries(paths.run_dir),
+                    lambda: atomic_files.remove_temporaries(paths.results_dir)):
+      cleanup()
+      stop.add_cleanup(cleanup)
+    atomic_files.write_json_atomically(paths.config_json, config.to_dict())
+    for corrupt in [v for v in manager.versions() if version is not None and v > version]:
+      manager.set_aside(corrupt)
+    return _train(config, paths, verbose, stop, fingerprint, manager, version, record, history,
+                  redone, train_data, test_data, stack)
 
+
+def _train(config, paths, verbose, stop, fingerprint, manager, version, record, history, redone,
+           train_data, test_data, stack: contextlib.ExitStack) -> int:
+  """Builds the process, restores or creates the state, then trains; returns the exit status."""
   runtime.start_local_execution_context(show_worker_output=verbose)
   process, communication = experiment.build_process(config)
   state = experiment.initial_state(config, process)
   stop.raise_if_requested()
   if record is None:
     record = experiment.new_record(config, fingerprint)
-    record.log_start(None, 0)
-    training.save_checkpoint(manager, process, state, record)
+    history.log_start(None, 0, record.total_rounds)
+    bookkeeping.save_checkpoint(manager, state, record,
+                                training.model_weights_sha256(process, state))
     print(f"Starting {paths.run_dir}: {config.training.total_rounds} rounds.")
   else:
     try:
@@ -197,51 +181,32 @@ def _run_locked(config, paths: paths_lib.RunPaths, verbose: bool, stop: runtime.
       raise VersionVanishedError(
           f"checkpoint version {version} of {paths.run_dir} vanished while it was being loaded "
           "(removed by something else); run the same command again.") from None
-    redone = _rounds_redone(paths, version)
     record.total_rounds = config.training.total_rounds
-    record.log_start(version, redone)
+    history.log_start(version, redone, record.total_rounds)
     print(f"Resuming {paths.run_dir} from version {version} "
           f"({redone} round{'s' * (redone != 1)} to redo), up to round "
           f"{config.training.total_rounds}.")
-  atomic_files.write_json_atomically(paths.progress_json,
-                                     {"last_completed_round": record.rounds_done})
 
   select_clients, client_datasets = experiment.client_functions(config, train_data)
   client_examples = experiment.client_example_counter(config, train_data)
-  participation_log = _open_participation(paths, record, client_examples)
+  book = bookkeeping.Bookkeeping(paths, manager, record, history, client_examples,
+                                 fingerprint_lib.flatten_config(config))
+  stack.callback(book.close)
   evaluate = experiment.build_evaluation(config, test_data)
   first_round, started = record.rounds_done + 1, time.monotonic()
-  events_intact = metrics_release.prepare_logdir(paths.tensorboard_dir, first_round)
-  tensorboard = metrics_release.TensorBoardRoundWriter(paths.tensorboard_dir)
-  tensorboard.start(1 if not events_intact else first_round)
-  tensorboard.write_hparams(fingerprint_lib.flatten_config(config))
-  if not events_intact:
-    for round_num, metrics in enumerate(record.metrics, start=1):
-      tensorboard.write_round(round_num, metrics)
-  metrics_release.write_metrics_csv(paths.metrics_csv, record.metrics)
-
-  def release(round_num, metrics):
-    tensorboard.write_round(round_num, metrics)
-    metrics_release.write_metrics_csv(paths.metrics_csv, record.metrics)
-    participation_log.add_round(round_num, [(client_id, client_examples(client_id))
-                                            for client_id in record.sampled_clients[-1]])
-
   stop.raise_if_requested()
-  with contextlib.closing(tensorboard), contextlib.closing(participation_log):
-    _, stopped = training.train(
-        process=process, state=state, record=record, state_manager=manager,
-        total_rounds=config.training.total_rounds,
-        rounds_per_checkpoint=config.checkpoint.rounds_per_checkpoint, communication=communication,
-        evaluate=evaluate, rounds_per_eval=config.evaluation.rounds_per_eval,
-        select_clients=select_clients, client_datasets=client_datasets,
-        should_stop=lambda: stop.requested, release=release,
-        on_round=lambda result: _report_round(result, first_round, started, tensorboard),
-        progress_path=paths.progress_json)
+  _, stopped = training.train(
+      process=process, state=state, book=book, total_rounds=config.training.total_rounds,
+      rounds_per_checkpoint=config.checkpoint.rounds_per_checkpoint, communication=communication,
+      evaluate=evaluate, rounds_per_eval=config.evaluation.rounds_per_eval,
+      select_clients=select_clients, client_datasets=client_datasets,
+      should_stop=lambda: stop.requested,
+      on_round=lambda result: _report_round(result, first_round, started, book.tensorboard))
   if stopped:
     print(f"Stopped by {stop.signal_name} after round {record.rounds_done} (saved). "
           f"Run the same command again to resume. Exit status {runtime.EXIT_CODE_INTERRUPTED}.")
     return runtime.EXIT_CODE_INTERRUPTED
-  last = record.metrics[-1]
+  last = record.last_metrics
   print(f"Done: {record.rounds_done} rounds in {time.monotonic() - started:.1f} s this start; "
         f"final loss {last['client_work/train/loss']:.4f}, accuracy "
         f"{last['client_work/train/sparse_categorical_accuracy']:.4f}; broadcast "
@@ -282,7 +247,7 @@ def _main(argv):
   except (*_USER_ERRORS, VersionVanishedError) as error:
     print(f"run_emnist: error: {error}", file=sys.stderr)
     return EXIT_CODE_BAD_INPUT
-  except (OSError, participation.DatabaseError) as error:
+  except (OSError, participation.DatabaseError, history_lib.DatabaseError) as error:
     # A full disk, an I/O error or a read-only folder while writing: checkpoints are written
     # atomically, so the last saved version is intact and a later start resumes from it.
     print(f"run_emnist: error: {_describe_write_error(error)}; the last saved checkpoint is "
@@ -295,7 +260,7 @@ def _describe_write_error(error: Exception) -> str:
   if isinstance(error, checkpointing.CheckpointWriteError):
     return error.strerror
   if isinstance(error, participation.DatabaseError):
-    return f"writing the participation records failed: {error}"
+    return f"writing the run's history or participation records (SQLite) failed: {error}"
   where = f" ({error.filename})" if getattr(error, "filename", None) else ""
   return f"a write failed{where}: {getattr(error, 'strerror', None) or error}"
 

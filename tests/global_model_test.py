@@ -13,6 +13,7 @@ import sys
 from absl.testing import absltest
 import numpy as np
 
+from tff_resume import bookkeeping
 from tff_resume import checkpointing
 from tff_resume import global_model
 from tff_resume import models
@@ -50,7 +51,7 @@ def _newest(run_dir):
 
 def _record(run_dir, version=None):
   manager, newest = _newest(run_dir)
-  return manager.load_metadata(newest if version is None else version)
+  return bookkeeping.full_record(manager, newest if version is None else version)
 
 
 def _test_images_and_labels(count=None):

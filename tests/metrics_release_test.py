@@ -74,12 +74,30 @@ class WriteMetricsCsvTest(absltest.TestCase):
 
   def test_one_row_per_round_and_a_rewrite_drops_redone_rounds(self):
     path = self.create_tempdir().full_path + "/results/metrics.csv"
-    metrics_release.write_metrics_csv(path, [{"loss": 2.5, "bits": 10}, {"loss": 1.25, "bits": 20},
-                                             {"loss": 9.0, "bits": 30}])
-    metrics_release.write_metrics_csv(path, [{"loss": 2.5, "bits": 10}, {"loss": 1.25, "bits": 20,
-                                                                         "accuracy": 0.5}])
+    metrics_release.write_metrics_csv(path, lambda: iter([
+        {"loss": 2.5, "bits": 10}, {"loss": 1.25, "bits": 20}, {"loss": 9.0, "bits": 30}]))
+    rounds = [{"loss": 2.5, "bits": 10}, {"loss": 1.25, "bits": 20, "accuracy": 0.5}]
+    metrics_release.write_metrics_csv(path, lambda: iter(rounds))
     with open(path) as csv_file:
       self.assertEqual(csv_file.read(), "round,loss,bits,accuracy\n1,2.5,10,\n2,1.25,20,0.5\n")
+    self.assertEqual(os.listdir(os.path.dirname(path)), ["metrics.csv"])
+
+  def test_rounds_append_rows_and_a_new_metric_rewrites_the_header(self):
+    path = self.create_tempdir().full_path + "/results/metrics.csv"
+    rounds = [{"loss": 2.5, "bits": 10}]
+    table = metrics_release.MetricsCsv(path)
+    table.rewrite(lambda: iter(rounds))
+    rounds.append({"loss": 1.5, "bits": 20})
+    table.append(2, rounds[-1], lambda: iter(rounds))
+    with open(path) as csv_file:
+      self.assertEqual(csv_file.read(), "round,loss,bits\n1,2.5,10\n2,1.5,20\n")
+    rounds.append({"loss": 1.25, "bits": 30, "accuracy": 0.75})
+    table.append(3, rounds[-1], lambda: iter(rounds))
+    rounds.append({"loss": 1.0, "bits": 40})
+    table.append(4, rounds[-1], lambda: iter(rounds))
+    with open(path) as csv_file:
+      self.assertEqual(csv_file.read(), "round,loss,bits,accuracy\n1,2.5,10,\n2,1.5,20,\n"
+                                        "3,1.25,30,0.75\n4,1.0,40,\n")
     self.assertEqual(os.listdir(os.path.dirname(path)), ["metrics.csv"])
 
 

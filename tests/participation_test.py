@@ -10,6 +10,7 @@ import sys
 
 from absl.testing import absltest
 
+from tff_resume import bookkeeping
 from tff_resume import checkpointing
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +49,7 @@ class ParticipationTest(absltest.TestCase):
     self.assertIn("1 round to redo", resumed.stdout)
 
     manager = checkpointing.DurableProgramStateManager(os.path.join(run_dir, "checkpoints"))
-    record = manager.load_metadata(manager.latest_good_version())
+    record = bookkeeping.full_record(manager)
     with sqlite3.connect(os.path.join(run_dir, "results", "participation.sqlite")) as connection:
       rows = connection.execute(
           "SELECT round, client_id, examples FROM participation ORDER BY round, client_id").fetchall()

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
+from tff_resume import bookkeeping
 from tff_resume import checkpointing
 from tff_resume import run_lock
 
@@ -53,7 +55,7 @@ def _final(root, name):
   version = manager.latest_good_version()
   with np.load(os.path.join(manager.version_path(version), "state.npz")) as arrays:
     leaves = {key: arrays[key] for key in arrays.files}
-  return manager.load_metadata(version), leaves
+  return bookkeeping.full_record(manager, version), leaves
 
 
 def _csv_rows(root, name):
@@ -118,7 +120,7 @@ class ResumeEquivalenceTest(_WithStraightRun):
     self.assertEqual(status, -signal.SIGKILL)
     checkpoints = os.path.join(self.root, "midsave", "checkpoints")
     listing = sorted(os.listdir(checkpoints))
-    self.assertEqual(listing[1:], ["version_0", "version_1", "version_2"])
+    self.assertEqual(listing[1:], ["history.sqlite", "version_0", "version_1", "version_2"])
     self.assertStartsWith(listing[0], ".tmp-version_3-")
     self.assertEqual(sorted(os.listdir(os.path.join(checkpoints, listing[0]))),
                      ["metadata.json", "state.npz"])
@@ -127,7 +129,7 @@ class ResumeEquivalenceTest(_WithStraightRun):
     self.assertIn("Resuming", stdout)
     self.assertIn("from version 2 (1 round to redo)", stdout)
     self.assertEqual(sorted(os.listdir(checkpoints)),
-                     [f"version_{v}" for v in range(_TOTAL_ROUNDS + 1)])
+                     ["history.sqlite"] + [f"version_{v}" for v in range(_TOTAL_ROUNDS + 1)])
     record = self._assert_identical_to_straight("midsave")
     self.assertEqual([(s["resumed_from_version"], s["rounds_redone"]) for s in record["resume_log"]],
                      [(None, 0), (2, 1)])
@@ -153,13 +155,38 @@ class ResumeEquivalenceTest(_WithStraightRun):
     self.assertIn("from version 3 (1 round to redo), up to round 5", stdout)
     listing = sorted(os.listdir(checkpoints))
     self.assertStartsWith(listing[0], "corrupt_version_4-")
-    self.assertEqual(listing[1:], [f"version_{v}" for v in range(6)])
+    self.assertEqual(listing[1:], ["history.sqlite"] + [f"version_{v}" for v in range(6)])
     record, _ = _final(self.root, "corrupt")
     self.assertLen(record["sampled_clients"], 5)
     self.assertEqual(record["sampled_clients"][:4], self.straight_record["sampled_clients"])
     # Round 4 is no longer the last round, so it is not evaluated; training metrics are identical.
     self.assertEqual(_without_evaluation(_without_wall_times(record["metrics"][:4])),
                      _without_evaluation(_without_wall_times(self.straight_record["metrics"])))
+
+  def test_a_run_of_the_older_layout_moves_its_history_and_resumes_identically(self):
+    run_dir = os.path.join(self.root, "legacy")
+    shutil.copytree(os.path.join(self.root, "straight"), run_dir)
+    manager = checkpointing.DurableProgramStateManager(os.path.join(run_dir, "checkpoints"))
+    full, leaves = bookkeeping.full_record(manager, 2), manager.load_leaves(2)
+    # As tff_resume wrote versions before the history file: the whole history in every record.
+    legacy = {name: full[name] for name in (
+        "fingerprint", "seeds", "library_versions", "total_rounds", "sampled_clients", "metrics",
+        "resume_log", "model_weights_sha256")}
+    for version in (2, 3, 4):
+      shutil.rmtree(manager.version_path(version))
+    os.remove(os.path.join(run_dir, "checkpoints", "history.sqlite"))
+    manager.save_version(leaves, 2, metadata=legacy)
+    with open(os.path.join(run_dir, "progress.json"), "w") as progress:
+      json.dump({"last_completed_round": 3}, progress)  # Killed after round 3, before its version.
+    status, stdout, stderr = _run(self.root, "legacy")
+    self.assertEqual(status, 0, stderr)
+    self.assertIn("from version 2 (1 round to redo)", stdout)
+    record = self._assert_identical_to_straight("legacy")
+    self.assertEqual([(s["resumed_from_version"], s["rounds_redone"]) for s in record["resume_log"]],
+                     [(None, 0), (2, 1)])
+    self.assertEqual(record["resume_log"][0], full["resume_log"][0])
+    self.assertEqual(_csv_rows(self.root, "legacy")[-1]["communication/aggregated_bits"],
+                     _csv_rows(self.root, "straight")[-1]["communication/aggregated_bits"])
 
   def test_quantized_run_reports_exact_bits_per_round(self):
     status, _, stderr = _run(self.root, "quantized", "--config.aggregator.name=quantize",
@@ -191,6 +218,21 @@ class ResumeRefusalTest(_WithStraightRun):
     self.assertNotIn("total_rounds", stderr)
     self.assertIn("choose another --experiment_name", stderr)
     self.assertEqual(_snapshot(os.path.join(self.root, "straight")), before)
+
+  def test_an_edited_history_is_refused_and_changes_nothing(self):
+    run_dir = os.path.join(self.root, "edited")
+    shutil.copytree(os.path.join(self.root, "straight"), run_dir)
+    with sqlite3.connect(os.path.join(run_dir, "checkpoints", "history.sqlite")) as connection:
+      connection.execute("UPDATE rounds SET clients = '[\"synthetic_0000\"]' WHERE round = 2")
+    before = _snapshot(run_dir)
+    status, stdout, stderr = _run(self.root, "edited", total_rounds=6)
+    self.assertEqual((status, stdout), (2, ""))
+    self.assertRegex(stderr, r"^run_emnist: error: \S+/edited/checkpoints/history.sqlite: round 2's "
+                     r"row was changed after it was written \(its hash chain breaks there\)\. "
+                     r"Checkpoint version 4 cannot be resumed without its history; nothing was "
+                     r"changed\. Restore .* from a backup, or move the run folder away to start "
+                     r"afresh\.\n$")
+    self.assertEqual(_snapshot(run_dir), before)
 
   def test_finished_run_reports_complete_and_changes_nothing(self):
     before = _snapshot(os.path.join(self.root, "straight"))

@@ -1,6 +1,7 @@
 """Tests for tff_resume.data.synthetic: deterministic, EMNIST-shaped, non-IID and learnable."""
 
 import hashlib
+import tracemalloc
 
 from absl.testing import absltest
 import numpy as np
@@ -34,6 +35,42 @@ class SyntheticShapeTest(absltest.TestCase):
     self.assertNotEqual(
         _digest(synthetic.synthetic_arrays(synthetic.SyntheticSpec(num_clients=5, seed=1), "train")),
         first)
+
+  def test_writers_drawn_lazily_are_the_bytes_of_the_eager_layout(self):
+    # Digests of writers 0, 42 and 99 (100 writers, seed 0) and of writer 42's dataset, computed with
+    # the layout that drew every writer up front (tff_resume before writers were drawn lazily).
+    spec = synthetic.SyntheticSpec(num_clients=100)
+    train, test = synthetic.load_synthetic(spec)
+    picked = ("synthetic_0099", "synthetic_0000", "synthetic_0042")  # Drawn out of order.
+    for data, expected in (
+        (train, "a8a873d80e2b7090c3f1a1947eb95327e153e4e4879e033ee8381f34a7431724"),
+        (test, "813b08cd3da2680e164b18f294b80e1e32b4e31f5e17d5dba17adce20d2de1bf")):
+      arrays = {client_id: data.client_arrays(client_id) for client_id in picked}
+      self.assertEqual(_digest({client_id: arrays[client_id] for client_id in sorted(picked)}),
+                       expected)
+    digest = hashlib.sha256()
+    examples = list(train.create_tf_dataset_for_client("synthetic_0042").as_numpy_iterator())
+    for example in examples:
+      digest.update(example["label"].tobytes())
+      digest.update(example["pixels"].tobytes())
+    self.assertEqual((digest.hexdigest(), len(examples)),
+                     ("d4af90a6ee5027da0e52ed36cf7219600bff5c8b9216125289531848c1719f5f", 112))
+
+  def test_a_population_of_emnist_size_costs_nothing_until_a_writer_is_asked_for(self):
+    tracemalloc.start()
+    try:
+      train, test = synthetic.load_synthetic(synthetic.SyntheticSpec(num_clients=3400,
+                                                                     only_digits=False))
+      _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+      tracemalloc.stop()
+    # Drawn up front, the 3,400 writers' pixels alone would take about 1.1 GB.
+    self.assertLess(peak_bytes, 2 * 2**20)
+    self.assertLen(train.client_ids, 3400)
+    self.assertEqual(train.client_ids[-1], "synthetic_3399")
+    self.assertLen(list(test.create_tf_dataset_for_client("synthetic_3399")), 20)
+    with self.assertRaisesRegex(ValueError, "'synthetic_3400' is not a client"):
+      train.create_tf_dataset_for_client("synthetic_3400")
 
   def test_a_client_does_not_depend_on_the_population_size(self):
     small = synthetic.synthetic_arrays(synthetic.SyntheticSpec(num_clients=3), "test")

@@ -99,6 +99,7 @@ def _inspect(args) -> None:
 
 
 def _status(args) -> None:
+  from tff_resume import bookkeeping  # pylint: disable=g-import-not-at-top
   from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
   from tff_resume import participation  # pylint: disable=g-import-not-at-top
   from tff_resume import paths  # pylint: disable=g-import-not-at-top
@@ -109,26 +110,29 @@ def _status(args) -> None:
   version = manager.latest_good_version()
   if version is None:
     raise ValueError(f"No checkpoints in {run_paths.checkpoints}: is {args.run_dir} a run folder?")
-  record = manager.load_metadata(version)
-  rounds_done = len(record["sampled_clients"])
-  if args.round_num is not None and not 1 <= args.round_num <= rounds_done:
-    raise ValueError(f"--round must be between 1 and {rounds_done}, got {args.round_num}.")
-  status = {
-      "run_dir": args.run_dir,
-      "rounds_done": rounds_done,
-      "total_rounds": record["total_rounds"],
-      "complete": rounds_done >= record["total_rounds"],
-      "newest_good_version": version,
-      "versions": manager.versions(),
-      "resume_log": record["resume_log"],
-      "last_metrics": record["metrics"][-1] if record["metrics"] else {},
-      "model_weights_sha256": record["model_weights_sha256"],
-      "fingerprint": record["fingerprint"],
-      "library_versions": record["library_versions"],
-  }
-  if args.round_num is not None:
-    status["round"] = args.round_num
-    status["sampled_clients"] = record["sampled_clients"][args.round_num - 1]
+  metadata = manager.load_metadata(version)
+  with bookkeeping.VersionHistory(run_paths.checkpoints, metadata) as recorded:
+    record = recorded.record
+    rounds_done = record.rounds_done
+    if args.round_num is not None and not 1 <= args.round_num <= rounds_done:
+      raise ValueError(f"--round must be between 1 and {rounds_done}, got {args.round_num}.")
+    status = {
+        "run_dir": args.run_dir,
+        "rounds_done": rounds_done,
+        "total_rounds": record.total_rounds,
+        "complete": rounds_done >= record.total_rounds,
+        "newest_good_version": version,
+        "versions": manager.versions(),
+        "resume_log": recorded.starts(),
+        "last_metrics": record.last_metrics,
+        "model_weights_sha256": record.model_weights_sha256,
+        "history_sha256": record.history_sha256,
+        "fingerprint": record.fingerprint,
+        "library_versions": record.library_versions,
+    }
+    if args.round_num is not None:
+      status["round"] = args.round_num
+      status["sampled_clients"] = recorded.clients(args.round_num)
   if args.client_id is not None:
     rounds = participation.client_participation(run_paths.participation_db, args.client_id,
                                                 rounds_done)
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
   runtime.install_guard_context()
   from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
+  from tff_resume import history  # pylint: disable=g-import-not-at-top
   from tff_resume import participation  # pylint: disable=g-import-not-at-top
   from tff_resume import run_lock  # pylint: disable=g-import-not-at-top
 
@@ -213,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers[(args.command, getattr(args, "data_command", None))](args)
   except (emnist.DataNotFoundError, leaf.LeafFormatError, FileExistsError, ValueError,
           checkpointing.NoGoodVersionError, checkpointing.CorruptVersionError,
-          checkpointing.VersionNotFoundError, participation.DatabaseError) as error:
+          checkpointing.VersionNotFoundError, participation.DatabaseError,
+          history.HistoryMismatchError) as error:
     print(f"tff-resume: error: {error}", file=sys.stderr)
     return EXIT_USAGE_ERROR
   except run_lock.RunLockedError as error:

@@ -179,11 +179,13 @@ def build_evaluation(config, test_data):
   spec = preprocess_spec(config)
   evaluation = tff.learning.algorithms.build_fed_eval(_model_fn(config))
   client_ids = sorted(test_data.client_ids)[:config.evaluation.max_clients or None]
-  datasets = [preprocessing.preprocess_for_evaluation(test_data.create_tf_dataset_for_client(c),
-                                                      spec) for c in client_ids]
   initial = evaluation.initialize()
+  datasets = []  # Built at the first evaluation, not at start (start-up must not grow with them).
 
   def evaluate(model_weights):
+    if not datasets:
+      datasets.extend(preprocessing.preprocess_for_evaluation(
+          test_data.create_tf_dataset_for_client(client_id), spec) for client_id in client_ids)
     output = evaluation.next(evaluation.set_model_weights(initial, model_weights), datasets)
     return training.flatten_metrics(
         output.metrics["client_work"]["eval"]["current_round_metrics"], "evaluation/")

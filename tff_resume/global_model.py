@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_resume import atomic_files
+from tff_resume import bookkeeping
 from tff_resume import checkpointing
 from tff_resume import models
 from tff_resume import paths as paths_lib
@@ -103,13 +104,6 @@ def load_run_version(run_dir: str, version: int | None = None):
   return version, record, config, model
 
 
-def _last_metrics(record: dict[str, Any], prefix: str) -> dict[str, Any]:
-  for metrics in reversed(record["metrics"]):
-    if any(name.startswith(prefix) for name in metrics):
-      return {name: value for name, value in metrics.items() if name.startswith(prefix)}
-  return {}
-
-
 def export_model(run_dir: str, out_dir: str, version: int | None = None) -> dict[str, Any]:
   """Exports a version's global model (default: the newest good one) to `out_dir`; returns metadata.
 
@@ -121,7 +115,11 @@ def export_model(run_dir: str, out_dir: str, version: int | None = None) -> dict
   if os.path.isdir(out_dir) and os.listdir(out_dir) or os.path.isfile(out_dir):
     raise ModelSourceError(f"{out_dir} exists and is not empty; choose a new --out folder.")
   version, record, config, model = load_run_version(run_dir, version)
-  last = record["metrics"][-1] if record["metrics"] else {}
+  with bookkeeping.VersionHistory(paths_lib.RunPaths.from_run_dir(run_dir).checkpoints,
+                                  record) as recorded:
+    last = recorded.record.last_metrics
+    last_train = recorded.last_with("client_work/train/")
+    last_evaluation = recorded.last_with("evaluation/")
   weights = model.get_weights()
   metadata = {
       "round": version,
@@ -131,8 +129,8 @@ def export_model(run_dir: str, out_dir: str, version: int | None = None) -> dict
       "fingerprint": record["fingerprint"],
       "communication": {name: last[name] for name in (
           "communication/broadcasted_bits", "communication/aggregated_bits") if name in last},
-      "last_train_metrics": _last_metrics(record, "client_work/train/"),
-      "last_evaluation_metrics": _last_metrics(record, "evaluation/"),
+      "last_train_metrics": last_train,
+      "last_evaluation_metrics": last_evaluation,
       "library_versions": {"tensorflow": tf.__version__,
                            "tensorflow_federated": tff.__version__},
       "model_weights_sha256": record["model_weights_sha256"],

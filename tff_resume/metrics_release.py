@@ -1,9 +1,11 @@
 """Per-round metrics to TensorBoard and a CSV file, continuous across kills and resumes.
 
-CSV: `write_metrics_csv` rewrites the whole file from the run record (one row per round, `round`
-first, then every metric in order of first appearance) through a temporary file and an atomic rename,
-at every start and after every round, so rounds redone after a kill never appear twice. The CSV keeps
-exact values (integer bit counts stay integers).
+CSV: `MetricsCsv` keeps one row per round (`round` first, then every metric in order of first
+appearance) with exact values (integer bit counts stay integers). Each start rewrites the file from the
+run's history (through a temporary file and an atomic rename), so rounds redone after a kill never
+appear twice; each round then appends its row, and the file is rewritten only when a round brings a
+metric no earlier round had (the first round, the first evaluation), so a round costs the same at
+round 10 and at round 10,000.
 
 TensorBoard: the event files are written straight into the run folder, so `tensorboard --logdir ROOT`
 names each run by its experiment name. Scalars are float32 tensors, the type both of TensorBoard's
@@ -26,11 +28,10 @@ lists every run of a study with its hyperparameters and final values.
 """
 
 import csv
-import io
 import os
 import shutil
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from absl import logging
 from tensorboard.compat.proto import event_pb2
@@ -41,7 +42,6 @@ from tensorboard.compat.proto import types_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import event_file_writer
 
-from tff_resume import atomic_files
 from tff_resume import units
 
 EVENT_FILE_MARKER = "tfevents"  # TensorBoard loads every file whose name contains this.
@@ -55,18 +55,57 @@ _RECORD_HEADER_BYTES = 12  # uint64 length + uint32 masked CRC of the length.
 _RECORD_FOOTER_BYTES = 4  # uint32 masked CRC of the data.
 
 
-def write_metrics_csv(path: str, metrics_per_round: Sequence[Mapping[str, Any]]) -> None:
-  """Writes one row per round (round r is `metrics_per_round[r - 1]`) to `path`, atomically."""
-  columns = ["round"]
+def _columns(metrics_per_round: Iterable[Mapping[str, Any]]) -> list[str]:
+  columns = {"round": None}
   for metrics in metrics_per_round:
-    columns.extend(name for name in metrics if name not in columns)
+    columns.update(dict.fromkeys(metrics))
+  return list(columns)
+
+
+def write_metrics_csv(path: str, metrics_per_round: Callable[[], Iterable[Mapping[str, Any]]]
+                      ) -> list[str]:
+  """Writes one row per round (round r is the r-th of `metrics_per_round()`) to `path`, atomically;
+  returns the columns. `metrics_per_round` is called twice (columns, then rows), so a long history
+  is streamed, never held in memory."""
+  columns = _columns(metrics_per_round())
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  text = io.StringIO(newline="")
-  writer = csv.DictWriter(text, fieldnames=columns)
-  writer.writeheader()
-  for round_num, metrics in enumerate(metrics_per_round, start=1):
-    writer.writerow({"round": round_num, **metrics})
-  atomic_files.write_text_atomically(path, text.getvalue())
+  temporary_path = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(temporary_path, "w", newline="") as csv_file:
+      writer = csv.DictWriter(csv_file, fieldnames=columns)
+      writer.writeheader()
+      for round_num, metrics in enumerate(metrics_per_round(), start=1):
+        writer.writerow({"round": round_num, **metrics})
+      csv_file.flush()
+      os.fsync(csv_file.fileno())
+    os.replace(temporary_path, path)
+  except BaseException:
+    if os.path.exists(temporary_path):
+      os.remove(temporary_path)
+    raise
+  return columns
+
+
+class MetricsCsv:
+  """`results/metrics.csv` of a run: rewritten at start, then one appended row per round."""
+
+  def __init__(self, path: str):
+    self._path = path
+    self._columns = None
+
+  def rewrite(self, metrics_per_round: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+    """Writes the file anew from every round's metrics (see `write_metrics_csv`)."""
+    self._columns = write_metrics_csv(self._path, metrics_per_round)
+
+  def append(self, round_num: int, metrics: Mapping[str, Any],
+             metrics_per_round: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+    """Appends round `round_num`'s row; when it has a metric the header lacks, rewrites the file
+    from `metrics_per_round()` (rounds 1..`round_num`) instead."""
+    if self._columns is None or any(name not in self._columns for name in metrics):
+      self.rewrite(metrics_per_round)
+      return
+    with open(self._path, "a", newline="") as csv_file:
+      csv.DictWriter(csv_file, fieldnames=self._columns).writerow({"round": round_num, **metrics})
 
 
 def tensorboard_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -1,58 +1,76 @@
-"""The run record: everything about a run besides the server state, saved with every version.
+"""The run record: what a checkpoint version keeps besides the server state, small and fixed in size.
 
-It holds the configuration fingerprint, the seeds, the library versions, the ids of the clients
-sampled in every round, the metrics of every round, the SHA-256 of the model weights and a resume log
-with one entry per start. It is stored as JSON beside the server state in each checkpoint version, so
-the two are always consistent and a resumed run continues both exactly.
+It holds the configuration fingerprint, the seeds, the library versions, the rounds done, the hash of
+the run's history up to that round (`history.RunHistory`: the clients and metrics of every round live
+there, appended once), the last round's metrics and the SHA-256 of the model weights. It is stored as
+JSON beside the server state in each checkpoint version, so its size does not grow with the rounds.
+
+Runs written before the history file existed kept the whole history in every version's record
+("layout 1": `sampled_clients`, `metrics` and `resume_log` lists); `legacy_history` reads it so the
+runner can move it into the history file at the next start.
 """
 
 import dataclasses
-import datetime
 from typing import Any
+
+from tff_resume import history as history_lib
+
+LAYOUT = 2  # 1: the whole history in every version; 2: a history file and a fixed-size record.
 
 
 @dataclasses.dataclass
 class RunRecord:
-  """The history of a run up to its last completed round.
+  """The state of a run's bookkeeping after its last completed round.
 
   Attributes:
     fingerprint: the math-changing configuration fields (see `fingerprint.compute_fingerprint`).
     seeds: the seeds used, by purpose.
     library_versions: TensorFlow's and TFF's versions.
     total_rounds: the rounds asked for by the latest start.
-    sampled_clients: the client ids of every round; entry r-1 is round r.
-    metrics: the metrics of every round; entry r-1 is round r.
-    resume_log: one entry per start: time, version resumed from (None for a fresh start), rounds redone.
+    rounds_done: the rounds completed.
+    history_sha256: chain(rounds_done) of the run's history (see `history`).
+    last_metrics: the metrics of round `rounds_done` ({} before round 1).
     model_weights_sha256: SHA-256 of the model weights' raw bytes, in order, after the last round.
+    layout: the on-disk layout that wrote the record.
   """
   fingerprint: dict[str, Any]
   seeds: dict[str, int]
   library_versions: dict[str, str]
   total_rounds: int
-  sampled_clients: list[list[str]] = dataclasses.field(default_factory=list)
-  metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-  resume_log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  rounds_done: int = 0
+  history_sha256: str = history_lib.GENESIS
+  last_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
   model_weights_sha256: str = ""
+  layout: int = LAYOUT
 
-  @property
-  def rounds_done(self) -> int:
-    return len(self.sampled_clients)
-
-  def add_round(self, client_ids: list[str], metrics: dict[str, Any]) -> None:
-    self.sampled_clients.append(list(client_ids))
-    self.metrics.append(dict(metrics))
-
-  def log_start(self, resumed_from_version: int | None, rounds_redone: int) -> None:
-    self.resume_log.append({
-        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "resumed_from_version": resumed_from_version,
-        "rounds_redone": rounds_redone,
-        "total_rounds": self.total_rounds,
-    })
+  def add_round(self, history_sha256: str, metrics: dict[str, Any]) -> None:
+    self.rounds_done += 1
+    self.history_sha256 = history_sha256
+    self.last_metrics = dict(metrics)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_json(cls, value: dict[str, Any]) -> "RunRecord":
-    return cls(**value)
+    """Reads a record of either layout (a layout-1 record's history is summed up, not kept)."""
+    rounds = legacy_history(value)
+    if rounds is None:
+      return cls(**value)
+    return cls(fingerprint=value["fingerprint"], seeds=value["seeds"],
+               library_versions=value["library_versions"], total_rounds=value["total_rounds"],
+               rounds_done=len(rounds), history_sha256=history_lib.chain_of(rounds),
+               last_metrics=dict(rounds[-1][1]) if rounds else {},
+               model_weights_sha256=value["model_weights_sha256"])
+
+
+def legacy_history(value: dict[str, Any]) -> list[tuple[list[str], dict[str, Any]]] | None:
+  """The rounds [(client ids, metrics), ...] of a layout-1 record; None for a layout-2 record."""
+  if "sampled_clients" not in value:
+    return None
+  return list(zip(value["sampled_clients"], value["metrics"]))
+
+
+def legacy_starts(value: dict[str, Any]) -> list[dict[str, Any]]:
+  """The start log of a layout-1 record ([] for layout 2, whose log is in the history file)."""
+  return list(value.get("resume_log", []))

@@ -1,9 +1,10 @@
 """The training loop: rounds of a TFF learning process with a checkpoint after every round.
 
 `train` takes only ready-made objects and functions and never reads a flag or a config. After each
-round it appends the sampled clients and metrics to the run record and, every `rounds_per_checkpoint`
-rounds (and at the last round, and when a stop is requested), saves the server state together with the
-record as one atomic checkpoint version (version N = the state after N rounds).
+round it records the sampled clients and metrics (`bookkeeping.Bookkeeping.record_round`: history,
+TensorBoard, CSV, participation) and, every `rounds_per_checkpoint` rounds (and at the last round, and
+when a stop is requested), saves the server state with the run record as one atomic checkpoint version
+(version N = the state after N rounds).
 """
 
 import dataclasses
@@ -13,10 +14,8 @@ from typing import Any, Callable
 import numpy as np
 
 from tff_resume import accounting
-from tff_resume import atomic_files
-from tff_resume import checkpointing
+from tff_resume import bookkeeping
 from tff_resume import global_model
-from tff_resume import run_record as run_record_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,30 +73,25 @@ def communication_metrics(cost: accounting.CommunicationCost, num_clients: int,
   }
 
 
-def save_checkpoint(state_manager: checkpointing.DurableProgramStateManager, process, state,
-                    record: run_record_lib.RunRecord) -> float:
-  """Saves `state` and `record` as version `record.rounds_done`; returns the seconds it took."""
+def save_checkpoint(book: bookkeeping.Bookkeeping, process, state) -> float:
+  """Saves `state` and the run record as version `record.rounds_done`; returns the seconds it took."""
   started = time.perf_counter()
-  record.model_weights_sha256 = model_weights_sha256(process, state)
-  state_manager.save_version(state, record.rounds_done, metadata=record.to_json())
+  bookkeeping.save_checkpoint(book.manager, state, book.record, model_weights_sha256(process, state))
   return time.perf_counter() - started
 
 
-def train(*, process, state, record: run_record_lib.RunRecord,
-          state_manager: checkpointing.DurableProgramStateManager, total_rounds: int,
+def train(*, process, state, book: bookkeeping.Bookkeeping, total_rounds: int,
           rounds_per_checkpoint: int, communication: accounting.CommunicationCost,
           evaluate: Callable[[Any], dict[str, Any]], rounds_per_eval: int,
           select_clients: Callable[[int], list[str]],
           client_datasets: Callable[[int, list[str]], list], should_stop: Callable[[], bool],
-          release: Callable[[int, dict[str, Any]], None], on_round: Callable[[RoundResult], None],
-          progress_path: str) -> tuple[Any, bool]:
-  """Runs rounds `record.rounds_done + 1` .. `total_rounds`.
+          on_round: Callable[[RoundResult], None]) -> tuple[Any, bool]:
+  """Runs rounds `book.record.rounds_done + 1` .. `total_rounds`.
 
   Args:
     process: a `tff.learning.templates.LearningProcess`.
-    state: its state after `record.rounds_done` rounds.
-    record: the run record, extended in place.
-    state_manager: where checkpoint versions go.
+    state: its state after `book.record.rounds_done` rounds.
+    book: the run's bookkeeping: each round is recorded there, then checkpointed.
     total_rounds: the last round to run.
     rounds_per_checkpoint: save every this many rounds (and always after the last round).
     communication: the per-client bits of a round, for the communication metrics.
@@ -106,36 +100,31 @@ def train(*, process, state, record: run_record_lib.RunRecord,
     select_clients: round -> client ids.
     client_datasets: (round, client ids) -> the clients' preprocessed datasets.
     should_stop: polled after each round; when true, the round is saved and the loop stops.
-    release: (round, metrics) -> None, called before the round's checkpoint (e.g. TensorBoard).
     on_round: called after each round.
-    progress_path: a JSON file updated with the last completed round, to count redone rounds.
 
   Returns:
     (state, stopped): the final state, and whether a stop request ended the loop early.
   """
+  record = book.record
   for round_num in range(record.rounds_done + 1, total_rounds + 1):
     started = time.perf_counter()
     client_ids = select_clients(round_num)
     output = process.next(state, client_datasets(round_num, client_ids))
     state = output.state
     round_seconds = time.perf_counter() - started
-    previous = record.metrics[-1] if record.metrics else None
-    record.add_round(client_ids, {
-        **flatten_metrics(output.metrics),
-        **communication_metrics(communication, len(client_ids), previous),
-        "time/round_seconds": round_seconds})
+    metrics = {**flatten_metrics(output.metrics),
+               **communication_metrics(communication, len(client_ids), record.last_metrics),
+               "time/round_seconds": round_seconds}
     if round_num == total_rounds or (rounds_per_eval and round_num % rounds_per_eval == 0):
       evaluation_started = time.perf_counter()
-      record.metrics[-1].update(evaluate(global_model_weights(process, state)))
-      record.metrics[-1]["time/evaluation_seconds"] = time.perf_counter() - evaluation_started
-    release(round_num, record.metrics[-1])
-    atomic_files.write_json_atomically(progress_path, {"last_completed_round": round_num})
+      metrics.update(evaluate(global_model_weights(process, state)))
+      metrics["time/evaluation_seconds"] = time.perf_counter() - evaluation_started
+    book.record_round(round_num, client_ids, metrics)
     stopping = should_stop()
     checkpoint_seconds = None
     if round_num % rounds_per_checkpoint == 0 or round_num == total_rounds or stopping:
-      checkpoint_seconds = save_checkpoint(state_manager, process, state, record)
-    on_round(RoundResult(round_num, total_rounds, record.metrics[-1], round_seconds,
-                         checkpoint_seconds))
+      checkpoint_seconds = save_checkpoint(book, process, state)
+    on_round(RoundResult(round_num, total_rounds, metrics, round_seconds, checkpoint_seconds))
     if stopping and round_num < total_rounds:
       return state, True
   return state, False
