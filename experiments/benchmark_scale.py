@@ -147,7 +147,7 @@ def bench_bookkeeping(linear, scratch: str, quick: bool, repetitions: int) -> di
   }
 
 
-def _runner_overrides(quick: bool, total_rounds: int, **extra) -> dict:
+def _runner_overrides(total_rounds: int, **extra) -> dict:
   overrides = {
       "model.name": "linear",
       "data.synthetic.num_clients": 100,
@@ -200,15 +200,18 @@ def _extend_run(run_dir: str, rounds_done: int) -> None:
     progress.write(f'{{"last_completed_round": {rounds_done}}}\n')
 
 
-def bench_long_resume(scratch: str, quick: bool, repetitions: int) -> dict:
-  """The runner resumed from version 10,000 against a cold start, process start to first round line."""
+def bench_long_resume(scratch: str, quick: bool, repetitions: int, seed_run: str,
+                      overrides: dict) -> dict:
+  """The runner resumed from version 10,000 against a cold start, process start to first round line.
+
+  The long run is `seed_run` (a finished run of `overrides`) extended to 10,000 rounds."""
   rounds_done = rounds_done_cases(quick)[-1]
   total = rounds_done + 2  # The timed rounds are not the last one (no final evaluation).
-  overrides = _runner_overrides(quick, total)
-  seed = "long_seed"
-  _log(f"long_resume: a real run killed after round 2, extended to {rounds_done} rounds")
-  measure.seconds_until_round(measure.runner_command(scratch, seed, overrides), 2, total)
-  _extend_run(os.path.join(scratch, seed), rounds_done)
+  overrides = dict(overrides, **{"training.total_rounds": total})
+  seed = os.path.join(scratch, "long_seed")
+  _log(f"long_resume: the long run's folder extended to {rounds_done} rounds")
+  shutil.copytree(seed_run, seed)
+  _extend_run(seed, rounds_done)
   counter = {"cold": 0, "resumed": 0}
 
   def cold():
@@ -219,7 +222,7 @@ def bench_long_resume(scratch: str, quick: bool, repetitions: int) -> dict:
   def resumed():
     counter["resumed"] += 1
     name = f"long_resumed{counter['resumed']}"
-    shutil.copytree(os.path.join(scratch, seed), os.path.join(scratch, name))  # Not timed.
+    shutil.copytree(seed, os.path.join(scratch, name))  # Not timed.
     return measure.seconds_until_round(measure.runner_command(scratch, name, overrides),
                                        rounds_done + 1, total)
 
@@ -243,7 +246,7 @@ def bench_population(scratch: str, quick: bool, repetitions: int) -> dict:
   def start_with(writers):
     def start():
       name = f"writers_{writers}_{len(seen[writers])}"
-      overrides = _runner_overrides(quick, 2, data__synthetic__num_clients=writers)
+      overrides = _runner_overrides(2, data__synthetic__num_clients=writers)
       watched = measure.watch_runner(measure.runner_command(scratch, name, overrides), [1], 2)[1]
       seen[writers].append(watched)
       return watched["seconds"]
@@ -264,17 +267,23 @@ def bench_population(scratch: str, quick: bool, repetitions: int) -> dict:
 
 
 def long_run_points(quick: bool) -> tuple[int, int, int]:
-  return (10, 40, 60) if quick else (50, 500, 1000)
+  return (5, 15, 20) if quick else (50, 500, 1000)
+
+
+def long_run_overrides(quick: bool) -> dict:
+  """Small rounds (2 clients x 20 examples), so 1,000 of them take minutes: what grows per round
+  shows, not the work of big rounds."""
+  first, _, last = long_run_points(quick)
+  return _runner_overrides(
+      last, checkpoint__keep_total=0, checkpoint__keep_every_k=first,
+      training__clients_per_round=2, data__synthetic__min_examples_per_client=20,
+      data__synthetic__max_examples_per_client=20)
 
 
 def bench_long_run(scratch: str, quick: bool) -> dict:
   """One linear run of 1,000 rounds: memory at rounds 50, 500 and 1,000; versions 50 and 1,000."""
   first, middle, last = long_run_points(quick)
-  # Small rounds (2 clients x 20 examples), so 1,000 of them take minutes: what grows, grows per round.
-  overrides = _runner_overrides(
-      quick, last, checkpoint__keep_total=0, checkpoint__keep_every_k=first,
-      training__clients_per_round=2, data__synthetic__min_examples_per_client=20,
-      data__synthetic__max_examples_per_client=20)
+  overrides = long_run_overrides(quick)
   _log(f"long_run: {last} linear rounds")
   seen = measure.watch_runner(measure.runner_command(scratch, "long_run", overrides),
                               [first, middle, last], last, wait_for_exit=True)
@@ -299,11 +308,12 @@ def run_sections(linear, scratch: str, quick: bool, repetitions: int) -> dict:
   """Every section above; returns {"targets": {name: value}, section: report, ...}."""
   _log("scale: bookkeeping against rounds done")
   bookkeeping_report = bench_bookkeeping(linear, scratch, quick, 3 if quick else 15)
+  long_run = bench_long_run(scratch, quick)
   _log("scale: resume after a long run (runner subprocesses)")
-  long_resume = bench_long_resume(scratch, quick, 1 if quick else min(3, repetitions))
+  long_resume = bench_long_resume(scratch, quick, 1 if quick else min(3, repetitions),
+                                  os.path.join(scratch, "long_run"), long_run_overrides(quick))
   _log("scale: start-up against the population (runner subprocesses)")
   population = bench_population(scratch, quick, 1 if quick else min(3, repetitions))
-  long_run = bench_long_run(scratch, quick)
   values = {
       "bookkeeping_10000_vs_10": bookkeeping_report["bookkeeping_10000_vs_10"],
       "resume_10000_extra_seconds": long_resume["resume_10000_extra_seconds"],

@@ -196,7 +196,7 @@ def run_outcome(run_dir: str) -> dict:
   finally:
     connection.close()
   return {"model_weights_sha256": record["model_weights_sha256"],
-          "history_sha256": record["history_sha256"], "sampled_clients": sampled_clients,
+          "sampled_clients": sampled_clients,
           "metrics_csv": rows, "participation": participation}
 
 

@@ -3,9 +3,11 @@ whose ratios are the ratios of the medians it measured, with a verdict against e
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 
 from absl.testing import absltest
 
@@ -13,17 +15,30 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class BenchmarkReportTest(absltest.TestCase):
+  """One `--quick` run of every section, read by each test."""
 
-  def test_quick_benchmark_writes_consistent_reports(self):
-    out = self.create_tempdir().full_path
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.out = tempfile.mkdtemp()
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmark", "--quick", f"--out={out}"],
+        [sys.executable, "-m", "experiments.benchmark", "--quick", f"--out={cls.out}"],
         cwd=_REPO_ROOT, env=dict(os.environ, PYTHONPATH=_REPO_ROOT), capture_output=True,
-        text=True, timeout=600)
-    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(cls.out, "benchmark.json")) as report_file:
+      cls.report = json.load(report_file)
+    with open(os.path.join(cls.out, "benchmark.md")) as markdown_file:
+      cls.markdown = markdown_file.read().splitlines()
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.out)
+    super().tearDownClass()
+
+  def test_core_sections_report_consistent_ratios(self):
+    out, report = self.out, self.report
     self.assertEqual(sorted(os.listdir(out)), ["benchmark.json", "benchmark.md"])
-    with open(os.path.join(out, "benchmark.json")) as report_file:
-      report = json.load(report_file)
 
     rounds = report["rounds"]["contenders"]
     self.assertEqual(sorted(rounds), [
@@ -67,7 +82,7 @@ class BenchmarkReportTest(absltest.TestCase):
       self.assertGreater(row["worker_peak_rss_bytes"], 0)
       self.assertGreater(row["python_peak_rss_bytes"], 0)
 
-    markdown = open(os.path.join(out, "benchmark.md")).read().splitlines()
+    markdown = self.markdown
     for name, target in report["targets"].items():
       met = target["value"] <= target["target"]
       self.assertEqual(target["verdict"] == "met", met, name)
@@ -75,6 +90,52 @@ class BenchmarkReportTest(absltest.TestCase):
       self.assertLen(row, 1)
       self.assertTrue(row[0].endswith(f"| {target['verdict']} |"), row[0])
     self.assertLen([line for line in markdown if line.startswith("| cnn |")], 2)
+
+
+  def test_scale_sections_report_costs_against_rounds_done_and_population(self):
+    report, markdown = self.report, self.markdown
+    scale = report["scale"]
+    books = scale["bookkeeping"]
+    self.assertEqual(sorted(books["contenders"]),
+                     ["round_at_10", "round_at_100", "round_at_300"])
+    self.assertEqual({stats["n"] for stats in books["contenders"].values()}, {3})
+    self.assertEqual(report["targets"]["bookkeeping_10000_vs_10"]["value"], statistics.median(
+        [a / b for a, b in zip(books["seconds"]["round_at_300"], books["seconds"]["round_at_10"])]))
+    # A version after 300 rounds holds what one after 10 does: only digits of counts differ.
+    sizes = books["version_bytes"]
+    self.assertLessEqual(abs(sizes["300"] - sizes["10"]), 16)
+
+    resume = scale["long_resume"]
+    self.assertEqual(resume["rounds_done"], 300)
+    self.assertEqual(report["targets"]["resume_10000_extra_seconds"]["value"],
+                     resume["contenders"]["resume_to_round_301"]["median_s"]
+                     - resume["contenders"]["cold_start_to_round_1"]["median_s"])
+
+    population = scale["population"]
+    seconds = population["seconds"]
+    self.assertEqual(report["targets"]["startup_3400_vs_100_writers"]["value"], statistics.median(
+        [a / b for a, b in zip(seconds["writers_400"], seconds["writers_100"])]))
+    peak = population["peak_mib_runner_and_worker"]
+    self.assertEqual(report["targets"]["startup_3400_extra_mib"]["value"],
+                     peak["400"] - peak["100"])
+    self.assertGreater(peak["100"], 100)  # TensorFlow alone takes more than that.
+
+    long_run = scale["long_run"]
+    self.assertEqual(long_run["rounds"], [5, 15, 20])
+    growth = {process: long_run["rss_mib"]["15"][process] - long_run["rss_mib"]["5"][process]
+              for process in ("runner", "worker")}
+    self.assertEqual(long_run["rss_growth_mib"], growth)
+    self.assertEqual(report["targets"]["rss_growth_50_to_500_mib"]["value"], max(growth.values()))
+    versions = long_run["version_bytes"]
+    self.assertEqual(sorted(versions["5"]), ["MANIFEST.json", "metadata.json", "state.npz"])
+    self.assertEqual(versions["5"]["state.npz"], versions["20"]["state.npz"])
+    # Version 20 also holds the final evaluation's metrics; still within 10% of version 5.
+    self.assertLess(sum(versions["20"].values()), 1.1 * sum(versions["5"].values()))
+
+    for name, target in report["targets"].items():
+      self.assertEqual(target["verdict"] == "met", target["value"] <= target["target"], name)
+      self.assertLen([line for line in markdown if line.startswith(f"| {name} |")], 1)
+    self.assertIn("## scale: bookkeeping per round against rounds done", markdown)
 
 
 if __name__ == "__main__":

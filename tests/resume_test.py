@@ -84,21 +84,27 @@ def _snapshot(path):
   return files
 
 
+_STRAIGHT = {}  # The straight run, made once for the module: root, record, leaves.
+
+
+def tearDownModule():
+  if "root" in _STRAIGHT:
+    shutil.rmtree(_STRAIGHT["root"])
+
+
 class _WithStraightRun(absltest.TestCase):
-  """Runs the small config uninterrupted once per class, as `straight` under `cls.root`."""
+  """Runs the small config uninterrupted once for the module, as `straight` under `cls.root`."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.root = tempfile.mkdtemp()
-    status, _, stderr = _run(cls.root, "straight")
-    assert status == 0, stderr
-    cls.straight_record, cls.straight_leaves = _final(cls.root, "straight")
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.root)
-    super().tearDownClass()
+    if "root" not in _STRAIGHT:
+      _STRAIGHT["root"] = tempfile.mkdtemp()
+      status, _, stderr = _run(_STRAIGHT["root"], "straight")
+      assert status == 0, stderr
+      _STRAIGHT["record"], _STRAIGHT["leaves"] = _final(_STRAIGHT["root"], "straight")
+    cls.root = _STRAIGHT["root"]
+    cls.straight_record, cls.straight_leaves = _STRAIGHT["record"], _STRAIGHT["leaves"]
 
 
 class ResumeEquivalenceTest(_WithStraightRun):

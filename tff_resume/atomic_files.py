@@ -5,23 +5,26 @@ disk, say) removes its temporary file; one left by a killed process is removed b
 `remove_temporaries`, which a run calls at start.
 """
 
+import contextlib
 import json
 import os
 import re
 import time
-from typing import Any
+from typing import Any, Iterator, TextIO
 
 from absl import logging
 
 _TEMPORARY_PATTERN = re.compile(r"\.tmp-\d+$")
 
 
-def write_text_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` through a flushed temporary file and an atomic rename."""
+@contextlib.contextmanager
+def open_atomically(path: str, newline: str | None = None) -> Iterator[TextIO]:
+  """Yields a text file that replaces `path` when the block ends (flushed and synced first); if the
+  block raises, `path` is untouched and the temporary file removed."""
   temporary_path = f"{path}.tmp-{os.getpid()}"
   try:
-    with open(temporary_path, "w") as temporary:
-      temporary.write(text)
+    with open(temporary_path, "w", newline=newline) as temporary:
+      yield temporary
       temporary.flush()
       os.fsync(temporary.fileno())
     os.replace(temporary_path, path)
@@ -29,6 +32,12 @@ def write_text_atomically(path: str, text: str) -> None:
     if os.path.exists(temporary_path):
       os.remove(temporary_path)
     raise
+
+
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a flushed temporary file and an atomic rename."""
+  with open_atomically(path) as text_file:
+    text_file.write(text)
 
 
 def write_json_atomically(path: str, value: Any) -> None:

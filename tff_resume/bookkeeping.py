@@ -92,7 +92,8 @@ def _open_participation(path: str, history: history_lib.RunHistory, rounds_done:
   log.keep_rounds_up_to(rounds_done)
   if log.rounds_recorded() == rounds_done:
     return log
-  logging.warning("%s lacks rounds of the checkpoint: rebuilding it from the history.", path)
+  logging.warning("%s lacks some of the %d rounds of the checkpoint: rebuilding it from the "
+                  "history.", path, rounds_done)
   log.replace_all((round_num, [(client_id, client_examples(client_id)) for client_id in clients])
                   for round_num, clients, _ in history.rounds(rounds_done))
   return log

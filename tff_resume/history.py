@@ -25,6 +25,8 @@ import os
 import sqlite3
 from typing import Any, Iterable, Iterator
 
+from tff_resume import participation
+
 GENESIS = "0" * 64  # chain(0): the hash of an empty history.
 FILE_NAME = "history.sqlite"
 
@@ -89,13 +91,7 @@ class RunHistory:
         raise HistoryMismatchError(f"{path} is missing: the run's history of rounds is gone.")
       self._connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     else:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      self._connection = sqlite3.connect(path)
-      try:
-        self._connection.executescript(_SCHEMA)
-      except sqlite3.DatabaseError:
-        self._connection.close()
-        raise
+      self._connection = participation.open_database(path, _SCHEMA)
     self._last_round = None  # Known after `restore` or `replace_all`.
     self._last_chain = None
 

@@ -42,6 +42,7 @@ from tensorboard.compat.proto import types_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import event_file_writer
 
+from tff_resume import atomic_files
 from tff_resume import units
 
 EVENT_FILE_MARKER = "tfevents"  # TensorBoard loads every file whose name contains this.
@@ -69,20 +70,11 @@ def write_metrics_csv(path: str, metrics_per_round: Callable[[], Iterable[Mappin
   is streamed, never held in memory."""
   columns = _columns(metrics_per_round())
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  temporary_path = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(temporary_path, "w", newline="") as csv_file:
-      writer = csv.DictWriter(csv_file, fieldnames=columns)
-      writer.writeheader()
-      for round_num, metrics in enumerate(metrics_per_round(), start=1):
-        writer.writerow({"round": round_num, **metrics})
-      csv_file.flush()
-      os.fsync(csv_file.fileno())
-    os.replace(temporary_path, path)
-  except BaseException:
-    if os.path.exists(temporary_path):
-      os.remove(temporary_path)
-    raise
+  with atomic_files.open_atomically(path, newline="") as csv_file:
+    writer = csv.DictWriter(csv_file, fieldnames=columns)
+    writer.writeheader()
+    for round_num, metrics in enumerate(metrics_per_round(), start=1):
+      writer.writerow({"round": round_num, **metrics})
   return columns
 
 

@@ -27,6 +27,19 @@ CREATE INDEX IF NOT EXISTS participation_by_client ON participation (client_id, 
 DatabaseError = sqlite3.DatabaseError  # The file is not an SQLite database (or is damaged).
 
 
+def open_database(path: str, schema: str) -> sqlite3.Connection:
+  """Opens (creating it and its folder when missing) the SQLite file `path` with the tables of
+  `schema`; raises DatabaseError, closing it, when the file is not a database."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  connection = sqlite3.connect(path)
+  try:
+    connection.executescript(schema)
+  except sqlite3.DatabaseError:
+    connection.close()
+    raise
+  return connection
+
+
 class NoParticipationRecordsError(ValueError):
   """The run has no participation file (it was never started, or predates the records)."""
 
@@ -35,13 +48,7 @@ class ParticipationLog:
   """The participation table of one run, open for writing."""
 
   def __init__(self, path: str):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    self._connection = sqlite3.connect(path)
-    try:
-      self._connection.executescript(_SCHEMA)
-    except sqlite3.DatabaseError:
-      self._connection.close()
-      raise
+    self._connection = open_database(path, _SCHEMA)
 
   def keep_rounds_up_to(self, round_num: int) -> int:
     """Deletes the rows of rounds after `round_num` (redone on resume); returns how many."""
