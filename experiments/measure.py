@@ -2,11 +2,13 @@
 
 import contextlib
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
 
+_ROUND_LINE = re.compile(r"^round +(\d+)/(\d+) ")  # The runner's line after each round.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -96,13 +98,14 @@ def watch_runner(command: list[str], rounds: list[int], total_rounds: int,
   process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True,
                              env=dict(os.environ, PYTHONPATH=REPO_ROOT))
-  wanted = {f"round {round_num:4d}/{total_rounds} ": round_num for round_num in rounds}
+  wanted = set(rounds)
   seen = {}
   try:
     for line in process.stdout:
-      round_num = wanted.get(line[:len(f"round {0:4d}/{total_rounds} ")])
-      if round_num is None:
+      match = _ROUND_LINE.match(line)
+      if not match or int(match.group(2)) != total_rounds or int(match.group(1)) not in wanted:
         continue
+      round_num = int(match.group(1))
       seconds = time.perf_counter() - started
       worker = _worker_pid(process.pid)
       seen[round_num] = {"seconds": seconds, "runner": memory_bytes(process.pid),
@@ -111,7 +114,7 @@ def watch_runner(command: list[str], rounds: list[int], total_rounds: int,
         return seen
     if len(seen) < len(wanted):
       raise RuntimeError(f"the runner exited with status {process.wait()} after reporting rounds "
-                         f"{sorted(seen)} of {sorted(wanted.values())}: {' '.join(command)}")
+                         f"{sorted(seen)} of {sorted(wanted)}: {' '.join(command)}")
     process.wait()
     return seen
   finally:

@@ -184,6 +184,12 @@ class ResumeEquivalenceTest(_WithStraightRun):
     manager.save_version(leaves, 2, metadata=legacy)
     with open(os.path.join(run_dir, "progress.json"), "w") as progress:
       json.dump({"last_completed_round": 3}, progress)  # Killed after round 3, before its version.
+    shown = json.loads(subprocess.run(
+        [sys.executable, "-m", "tff_resume.cli", "status", run_dir, "--json", "--round", "2"],
+        capture_output=True, text=True, check=True, cwd=_REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=_REPO_ROOT)).stdout)
+    self.assertEqual((shown["rounds_done"], shown["sampled_clients"], shown["resume_log"]),
+                     (2, full["sampled_clients"][1], full["resume_log"]))
     status, stdout, stderr = _run(self.root, "legacy")
     self.assertEqual(status, 0, stderr)
     self.assertIn("from version 2 (1 round to redo)", stdout)

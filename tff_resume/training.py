@@ -73,6 +73,26 @@ def communication_metrics(cost: accounting.CommunicationCost, num_clients: int,
   }
 
 
+# Eager ops that register a function in TensorFlow's context each time a dataset is built with `map`;
+# TF 2.14 keeps about 80 KB per registration until the function is removed.
+_DATASET_OP_FUNCTIONS = ("__wrapped__MapDataset", "__wrapped__ParallelMapDataset")
+
+
+def release_dataset_functions() -> None:
+  """Removes the eager op functions that building `map`ped datasets left in TensorFlow's context.
+
+  Every round builds its clients' datasets anew, and each build leaves one (the runner's memory grew
+  by about 0.16 MB per round of 2 clients, without end). TensorFlow registers them again when the
+  next dataset is built, so removing them changes nothing else.
+  """
+  from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
+
+  eager = context.context()
+  for name in eager.list_function_names():
+    if name.startswith(_DATASET_OP_FUNCTIONS):
+      eager.remove_function(name)
+
+
 def save_checkpoint(book: bookkeeping.Bookkeeping, process, state) -> float:
   """Saves `state` and the run record as version `record.rounds_done`; returns the seconds it took."""
   started = time.perf_counter()
@@ -110,6 +130,7 @@ def train(*, process, state, book: bookkeeping.Bookkeeping, total_rounds: int,
     started = time.perf_counter()
     client_ids = select_clients(round_num)
     output = process.next(state, client_datasets(round_num, client_ids))
+    release_dataset_functions()
     state = output.state
     round_seconds = time.perf_counter() - started
     metrics = {**flatten_metrics(output.metrics),
