@@ -20,8 +20,11 @@ import sys
 import tempfile
 import time
 
+from tff_resume import network_isolation
 from tff_resume import runtime
 
+if __name__ == "__main__":
+  network_isolation.isolate()  # Before TensorFlow's threads: its workers serve a private loopback.
 runtime.quiet_tensorflow_logging(verbose="--verbose" in sys.argv[1:])
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import tensorflow as tf

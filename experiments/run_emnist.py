@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from tff_resume import network_isolation
 from tff_resume import runtime
 
 # SIGINT/SIGTERM from the first instant: a signal during the imports below stops at the first safe
@@ -21,6 +22,12 @@ from tff_resume import runtime
 _STOP = runtime.StopRequest()
 if __name__ == "__main__":
   _STOP.install()
+  # Before TensorFlow starts threads: the worker started later must share a private loopback only.
+  try:
+    network_isolation.isolate()
+  except network_isolation.IsolationError as isolation_error:
+    print(f"run_emnist: error: {isolation_error.strerror}", file=sys.stderr)
+    sys.exit(2)
 
 # TensorFlow reads its log level once, at import, so --verbose is looked at before flags are parsed.
 # TensorFlow must also be imported before absl.app.run: Keras 2.14 first imported inside app.run
