@@ -3,10 +3,10 @@
 Each round appends one row to the history (`history.RunHistory`), one TensorBoard event, one CSV row,
 the round's participation rows and `progress.json`; a checkpoint version then holds the server state
 and the fixed-size run record (`run_record.RunRecord`), which points into the history by its hash.
-`Bookkeeping.start` puts every log of a start in the state of the version it resumes from: it
-restores the history (verifying its hash chain, dropping rounds redone), moves a run of the older
-layout to the history file, cuts the TensorBoard files, rewrites the CSV and rebuilds participation
-rows that are missing.
+At a start, `open_history` restores the history of the version resumed from (verifying its hash
+chain, dropping rounds redone; a run of the older layout has its history moved to the file), then
+`Bookkeeping(...)` brings every other log to that version: it cuts the TensorBoard files, rewrites
+the CSV and rebuilds participation rows that are missing.
 """
 
 import os
@@ -111,18 +111,23 @@ class Bookkeeping:
     rounds_done = record.rounds_done
     self._participation = _open_participation(paths.participation_db, history, rounds_done,
                                               client_examples)
+    self._tensorboard = None
+    self._csv = metrics_release.MetricsCsv(paths.metrics_csv)
     try:
-      events_intact = metrics_release.prepare_logdir(paths.tensorboard_dir, rounds_done + 1)
-      self._tensorboard = metrics_release.TensorBoardRoundWriter(paths.tensorboard_dir)
+      self._bring_up_to_date(hyperparameters)
     except BaseException:
-      self._participation.close()
+      self.close()
       raise
+
+  def _bring_up_to_date(self, hyperparameters: Mapping[str, Any]) -> None:
+    paths, history, rounds_done = self.paths, self.history, self.record.rounds_done
+    events_intact = metrics_release.prepare_logdir(paths.tensorboard_dir, rounds_done + 1)
+    self._tensorboard = metrics_release.TensorBoardRoundWriter(paths.tensorboard_dir)
     self._tensorboard.start(rounds_done + 1 if events_intact else 1)
     self._tensorboard.write_hparams(hyperparameters)
     if not events_intact:
       for round_num, _, metrics in history.rounds(rounds_done):
         self._tensorboard.write_round(round_num, metrics)
-    self._csv = metrics_release.MetricsCsv(paths.metrics_csv)
     self._csv.rewrite(lambda: history.metrics(rounds_done))
     _last_completed_round(paths.progress_json)  # Sets a damaged file aside.
     atomic_files.write_json_atomically(paths.progress_json, {"last_completed_round": rounds_done})
@@ -143,7 +148,8 @@ class Bookkeeping:
                                        {"last_completed_round": round_num})
 
   def close(self) -> None:
-    self._tensorboard.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
     self._participation.close()
     self.history.close()
 
