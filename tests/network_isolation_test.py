@@ -73,6 +73,14 @@ class WorkerReachabilityTest(absltest.TestCase):
     address = _non_loopback_address()
     if address is None:
       self.skipTest("this machine has no non-loopback IPv4 address to connect through")
+    possible = subprocess.run(
+        [sys.executable, "-c",
+         "from tff_resume import network_isolation; network_isolation.isolate()"],
+        cwd=_REPO_ROOT, capture_output=True, text=True, check=False,
+        env=dict(os.environ, PYTHONPATH=_REPO_ROOT,
+                 **{network_isolation.ENVIRONMENT_VARIABLE: "require"}))
+    if possible.returncode != 0:
+      self.skipTest(f"the kernel refuses private network namespaces here: {possible.stderr[-300:]}")
     root = tempfile.mkdtemp()
     runners = {isolation: _start_runner(root, isolation) for isolation in ("auto", "off")}
     try:
