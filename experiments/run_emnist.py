@@ -162,7 +162,8 @@ def _run_locked(config, paths: paths_lib.RunPaths, verbose: bool, stop: runtime.
       cleanup()
       stop.add_cleanup(cleanup)
     atomic_files.write_json_atomically(paths.config_json, config.to_dict())
-    for corrupt in [v for v in manager.versions() if version is not None and v > version]:
+    newer = [v for v in manager.versions() if version is not None and v > version]
+    for corrupt in newer + manager.unfinished_versions():
       manager.set_aside(corrupt)
     return _train(config, paths, verbose, stop, fingerprint, manager, version, record, history,
                   redone, train_data, test_data, stack)

@@ -153,6 +153,7 @@ class ResumeEquivalenceTest(_WithStraightRun):
     checkpoints = os.path.join(self.root, "corrupt", "checkpoints")
     with open(os.path.join(checkpoints, "version_4", "state.npz"), "r+b") as state_file:
       state_file.truncate(1000)
+    os.makedirs(os.path.join(checkpoints, "version_5"))  # Emptied by hand: no manifest, not a version.
     status, stdout, stderr = _run(self.root, "corrupt", total_rounds=5)
     self.assertEqual(status, 0, stderr)
     self.assertIn("Skipping corrupt checkpoint version 4", stderr)
@@ -161,7 +162,9 @@ class ResumeEquivalenceTest(_WithStraightRun):
     self.assertIn("from version 3 (1 round to redo), up to round 5", stdout)
     listing = sorted(os.listdir(checkpoints))
     self.assertStartsWith(listing[0], "corrupt_version_4-")
-    self.assertEqual(listing[1:], ["history.sqlite"] + [f"version_{v}" for v in range(6)])
+    self.assertStartsWith(listing[1], "corrupt_version_5-")
+    self.assertEqual(os.listdir(os.path.join(checkpoints, listing[1])), [])
+    self.assertEqual(listing[2:], ["history.sqlite"] + [f"version_{v}" for v in range(6)])
     record, _ = _final(self.root, "corrupt")
     self.assertLen(record["sampled_clients"], 5)
     self.assertEqual(record["sampled_clients"][:4], self.straight_record["sampled_clients"])

@@ -161,6 +161,17 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
         found.append(int(match.group(1)))
     return sorted(found)
 
+  def unfinished_versions(self) -> list[int]:
+    """Returns the `version_<N>` folders without a manifest (emptied or damaged by hand: a version
+    this manager writes is renamed into place only when complete), oldest first. They are not
+    versions, but would block writing version N again; a resuming run sets them aside."""
+    if not os.path.isdir(self._root_dir):
+      return []
+    return sorted(int(match.group(1)) for match in map(_VERSION_PATTERN.match,
+                                                       os.listdir(self._root_dir))
+                  if match and not os.path.isfile(os.path.join(self._root_dir, match.group(0),
+                                                               _MANIFEST_FILE)))
+
   async def get_versions(self) -> list[int] | None:
     return self.versions() or None
 
