@@ -41,7 +41,6 @@ from tff_resume import checkpointing
 from tff_resume import experiment
 from tff_resume import fingerprint as fingerprint_lib
 from tff_resume import history as history_lib
-from tff_resume import metrics_release
 from tff_resume import models
 from tff_resume import paths as paths_lib
 from tff_resume import training
@@ -197,11 +196,6 @@ class RunnerLoop:
     self._book.close()
 
 
-def paired_ratios(seconds: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
-  """Ratios of two contenders' times repetition by repetition (each pair ran back to back)."""
-  return [a / b for a, b in zip(seconds[numerator], seconds[denominator])]
-
-
 def _tiny_datasets(workload: Workload):
   """One batch per client (20 examples, 1 epoch): what a round costs besides the SGD steps."""
   spec = preprocessing.PreprocessSpec(
@@ -261,10 +255,10 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
       "contenders": summary,
       "seconds": seconds,
       "wrapper_overhead_side_by_side": statistics.median(
-          paired_ratios(seconds, "runner", "bare_process_next")),
+          measure.paired_ratios(seconds, "runner", "bare_process_next")),
       "wrapper_overhead_in_round": statistics.median(in_round),
-      "floor_ratio": statistics.median(paired_ratios(seconds, "bare_process_next",
-                                                     "plain_tf_floor")),
+      "floor_ratio": statistics.median(
+          measure.paired_ratios(seconds, "bare_process_next", "plain_tf_floor")),
       "fixed_seconds_per_round": (median["bare_one_batch_per_client"]
                                   - median["floor_one_batch_per_client"]),
       "runner_checkpoint_median_s": statistics.median(runner.checkpoint_seconds[1:]),

@@ -20,6 +20,7 @@ import statistics
 import time
 
 from experiments import measure
+from tff_resume import atomic_files
 from tff_resume import bookkeeping
 from tff_resume import checkpointing
 from tff_resume import experiment
@@ -53,6 +54,36 @@ def _log(message: str) -> None:
   print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _cumulative_bits(metrics: dict, round_num: int) -> dict:
+  """`metrics` with the cumulative bit counts of `round_num` equal rounds."""
+  metrics = dict(metrics)
+  for name in ("communication/broadcasted_bits", "communication/aggregated_bits"):
+    metrics[name] = metrics[f"{name}_per_round"] * round_num
+  return metrics
+
+
+def _write_logs(paths: paths_lib.RunPaths, rounds: list, examples_of) -> str:
+  """Writes `rounds` ([(client ids, metrics)], round r at r - 1) as a run's history, participation
+  rows (`examples_of(client_id)`) and one TensorBoard event file (replacing any), the way the runner
+  leaves them after training those rounds in one start; returns the history's chain."""
+  history = history_lib.RunHistory(history_lib.path_in(paths.checkpoints))
+  chain = history.replace_all(rounds)
+  history.close()
+  log = participation.ParticipationLog(paths.participation_db)
+  log.replace_all((round_num, [(client_id, examples_of(client_id)) for client_id in clients])
+                  for round_num, (clients, _) in enumerate(rounds, start=1))
+  log.close()
+  for path in metrics_release.event_files(paths.tensorboard_dir):
+    os.remove(path)
+  writer = metrics_release.TensorBoardRoundWriter(paths.tensorboard_dir)
+  writer.start(1)
+  for round_num, (_, metrics) in enumerate(rounds, start=1):
+    writer.write_round(round_num, metrics)
+  writer.close()
+  atomic_files.write_json_atomically(paths.progress_json, {"last_completed_round": len(rounds)})
+  return chain
+
+
 class _LongRun:
   """A run folder holding `rounds_done` rounds as the runner leaves it, built without training."""
 
@@ -64,18 +95,7 @@ class _LongRun:
     self._workload, self._metrics_of = workload, metrics_of
     self._population = synthetic.client_ids(synthetic.SyntheticSpec(num_clients=_POPULATION))
     rounds = [self.round(round_num) for round_num in range(1, rounds_done + 1)]
-    history = history_lib.RunHistory(history_lib.path_in(self.paths.checkpoints))
-    chain = history.replace_all(rounds)
-    history.close()
-    log = participation.ParticipationLog(self.paths.participation_db)
-    log.replace_all((round_num, [(client_id, _EXAMPLES_PER_CLIENT) for client_id in clients])
-                    for round_num, (clients, _) in enumerate(rounds, start=1))
-    log.close()
-    writer = metrics_release.TensorBoardRoundWriter(self.paths.tensorboard_dir)
-    writer.start(1)
-    for round_num, (_, metrics) in enumerate(rounds, start=1):
-      writer.write_round(round_num, metrics)
-    writer.close()
+    chain = _write_logs(self.paths, rounds, lambda client_id: _EXAMPLES_PER_CLIENT)
     self.record = experiment.new_record(config, fingerprint_lib.compute_fingerprint(config))
     self.record.rounds_done, self.record.history_sha256 = rounds_done, chain
     self.record.last_metrics = rounds[-1][1]
@@ -111,13 +131,12 @@ def bench_bookkeeping(linear, scratch: str, quick: bool, repetitions: int) -> di
   output = linear.process.next(linear.bare_state, linear.datasets(1))
   trained = training.flatten_metrics(output.metrics)
 
+  per_round = {**trained, **training.communication_metrics(linear.communication,
+                                                          _CLIENTS_PER_ROUND, None),
+               "time/round_seconds": 0.1}
+
   def metrics_of(round_num):
-    metrics = {**trained, **training.communication_metrics(linear.communication,
-                                                           _CLIENTS_PER_ROUND, None)}
-    for name in ("communication/broadcasted_bits", "communication/aggregated_bits"):
-      metrics[name] = metrics[f"{name}_per_round"] * round_num
-    metrics["time/round_seconds"] = 0.1
-    return metrics
+    return _cumulative_bits(per_round, round_num)
 
   runs, start_seconds, build_seconds = {}, {}, {}
   for rounds_done in rounds_done_cases(quick):
@@ -143,7 +162,7 @@ def bench_bookkeeping(linear, scratch: str, quick: bool, repetitions: int) -> di
       "start_seconds": start_seconds, "build_seconds": build_seconds,
       "version_bytes": sizes,
       "bookkeeping_10000_vs_10": statistics.median(
-          [a / b for a, b in zip(seconds[f"round_at_{high}"], seconds[f"round_at_{low}"])]),
+          measure.paired_ratios(seconds, f"round_at_{high}", f"round_at_{low}")),
   }
 
 
@@ -162,9 +181,9 @@ def _runner_overrides(total_rounds: int, **extra) -> dict:
 
 
 def _extend_run(run_dir: str, rounds_done: int) -> None:
-  """Turns a real run killed after round 2 into one killed after round `rounds_done`: the rounds in
-  between repeat round 2's clients and metrics (cumulative bits growing), as history, participation,
-  TensorBoard events and a checkpoint version holding round 2's server state."""
+  """Turns a real run into one that stopped after round `rounds_done`: the rounds after its newest
+  version repeat that version's last round (clients, metrics, cumulative bits growing), as history,
+  participation, TensorBoard events and a checkpoint version holding its server state."""
   paths = paths_lib.RunPaths.from_run_dir(run_dir)
   manager = checkpointing.DurableProgramStateManager(paths.checkpoints, keep_total=2)
   version = manager.latest_good_version()
@@ -173,31 +192,15 @@ def _extend_run(run_dir: str, rounds_done: int) -> None:
   history = history_lib.RunHistory(history_lib.path_in(paths.checkpoints))
   history.restore(record.rounds_done, record.history_sha256)
   rounds = [(clients, metrics) for _, clients, metrics in history.rounds(record.rounds_done)]
-  clients, last = rounds[-1]
-  for round_num in range(len(rounds) + 1, rounds_done + 1):
-    metrics = dict(last)
-    for name in ("communication/broadcasted_bits", "communication/aggregated_bits"):
-      metrics[name] = last[f"{name}_per_round"] * round_num
-    rounds.append((clients, metrics))
-  record.rounds_done, record.history_sha256 = rounds_done, history.replace_all(rounds)
-  record.last_metrics = rounds[-1][1]
   history.close()
+  clients, last = rounds[-1]
+  rounds += [(clients, _cumulative_bits(last, round_num))
+             for round_num in range(len(rounds) + 1, rounds_done + 1)]
   with sqlite3.connect(paths.participation_db) as connection:
     examples = dict(connection.execute("SELECT client_id, examples FROM participation"))
-  log = participation.ParticipationLog(paths.participation_db)
-  log.replace_all((round_num, [(client_id, examples[client_id]) for client_id in clients])
-                  for round_num, (clients, _) in enumerate(rounds, start=1))
-  log.close()
-  for path in metrics_release.event_files(run_dir):
-    os.remove(path)
-  writer = metrics_release.TensorBoardRoundWriter(run_dir)
-  writer.start(1)
-  for round_num, (_, metrics) in enumerate(rounds, start=1):
-    writer.write_round(round_num, metrics)
-  writer.close()
+  record.rounds_done, record.history_sha256 = rounds_done, _write_logs(paths, rounds, examples.__getitem__)
+  record.last_metrics = rounds[-1][1]
   manager.save_version(manager.load_leaves(version), rounds_done, metadata=record.to_json())
-  with open(paths.progress_json, "w") as progress:
-    progress.write(f'{{"last_completed_round": {rounds_done}}}\n')
 
 
 def bench_long_resume(scratch: str, quick: bool, repetitions: int, seed_run: str,
@@ -261,7 +264,7 @@ def bench_population(scratch: str, quick: bool, repetitions: int) -> dict:
       "contenders": measure.summarize(seconds), "seconds": seconds,
       "peak_mib_runner_and_worker": peak_mib,
       "startup_3400_vs_100_writers": statistics.median(
-          [a / b for a, b in zip(seconds[f"writers_{large}"], seconds[f"writers_{small}"])]),
+          measure.paired_ratios(seconds, f"writers_{large}", f"writers_{small}")),
       "startup_3400_extra_mib": peak_mib[large] - peak_mib[small],
   }
 

@@ -31,6 +31,7 @@ from typing import Callable
 from absl import app
 from absl import flags
 
+from tff_resume import history
 from tff_resume import run_lock
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,12 +190,11 @@ def run_outcome(run_dir: str) -> dict:
         "SELECT round, client_id, examples FROM participation ORDER BY round, client_id").fetchall()
   finally:
     connection.close()
-  connection = sqlite3.connect(os.path.join(checkpoints, "history.sqlite"))
+  run_history = history.RunHistory(history.path_in(checkpoints), read_only=True)
   try:
-    sampled_clients = [json.loads(clients) for (clients,) in connection.execute(
-        "SELECT clients FROM rounds WHERE round <= ? ORDER BY round", (record["rounds_done"],))]
+    sampled_clients = [clients for _, clients, _ in run_history.rounds(record["rounds_done"])]
   finally:
-    connection.close()
+    run_history.close()
   return {"model_weights_sha256": record["model_weights_sha256"],
           "sampled_clients": sampled_clients,
           "metrics_csv": rows, "participation": participation}

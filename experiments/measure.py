@@ -39,6 +39,11 @@ def summarize(seconds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
                  "max_s": max(values), "n": len(values)} for name, values in seconds.items()}
 
 
+def paired_ratios(seconds: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
+  """Ratios of two contenders' times repetition by repetition (each pair ran back to back)."""
+  return [a / b for a, b in zip(seconds[numerator], seconds[denominator])]
+
+
 def memory_bytes(pid: int | str) -> dict[str, int]:
   """{"rss": resident now, "peak": the most resident so far (VmHWM)} of a process, in bytes."""
   found = {}

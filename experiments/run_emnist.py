@@ -255,7 +255,7 @@ def _main(argv):
   except (*_USER_ERRORS, VersionVanishedError) as error:
     print(f"run_emnist: error: {error}", file=sys.stderr)
     return EXIT_CODE_BAD_INPUT
-  except (OSError, participation.DatabaseError, history_lib.DatabaseError) as error:
+  except (OSError, participation.DatabaseError) as error:  # Also the history's SQLite errors.
     # A full disk, an I/O error or a read-only folder while writing: checkpoints are written
     # atomically, so the last saved version is intact and a later start resumes from it.
     print(f"run_emnist: error: {_describe_write_error(error)}; the last saved checkpoint is "

@@ -150,27 +150,26 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     logging.warning("Set aside corrupt checkpoint version %d as %s", version, new_path)
     return new_path
 
-  def versions(self) -> list[int]:
-    """Returns the complete versions on disk, oldest first."""
+  def _version_folders(self, complete: bool) -> list[int]:
+    """The N of the `version_<N>` folders with (`complete`) or without a manifest, oldest first."""
     if not os.path.isdir(self._root_dir):
       return []
     found = []
     for name in os.listdir(self._root_dir):
       match = _VERSION_PATTERN.match(name)
-      if match and os.path.isfile(os.path.join(self._root_dir, name, _MANIFEST_FILE)):
+      if match and os.path.isfile(os.path.join(self._root_dir, name, _MANIFEST_FILE)) == complete:
         found.append(int(match.group(1)))
     return sorted(found)
+
+  def versions(self) -> list[int]:
+    """Returns the complete versions on disk, oldest first."""
+    return self._version_folders(complete=True)
 
   def unfinished_versions(self) -> list[int]:
     """Returns the `version_<N>` folders without a manifest (emptied or damaged by hand: a version
     this manager writes is renamed into place only when complete), oldest first. They are not
     versions, but would block writing version N again; a resuming run sets them aside."""
-    if not os.path.isdir(self._root_dir):
-      return []
-    return sorted(int(match.group(1)) for match in map(_VERSION_PATTERN.match,
-                                                       os.listdir(self._root_dir))
-                  if match and not os.path.isfile(os.path.join(self._root_dir, match.group(0),
-                                                               _MANIFEST_FILE)))
+    return self._version_folders(complete=False)
 
   async def get_versions(self) -> list[int] | None:
     return self.versions() or None

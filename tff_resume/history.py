@@ -66,7 +66,7 @@ def next_chain(previous: str, clients_json: str, metrics_json: str) -> str:
 
 def encode_round(client_ids: Iterable[str], metrics: dict[str, Any]) -> tuple[str, str]:
   """The stored JSON texts of a round's clients and metrics (floats round-trip exactly)."""
-  return json.dumps(list(client_ids)), json.dumps(metrics, allow_nan=True)
+  return json.dumps(list(client_ids)), json.dumps(metrics)
 
 
 def chain_of(rounds: Iterable[tuple[Iterable[str], dict[str, Any]]]) -> str:
@@ -94,10 +94,6 @@ class RunHistory:
       self._connection = participation.open_database(path, _SCHEMA)
     self._last_round = None  # Known after `restore` or `replace_all`.
     self._last_chain = None
-
-  @property
-  def path(self) -> str:
-    return self._path
 
   def close(self) -> None:
     self._connection.close()
@@ -182,10 +178,9 @@ class RunHistory:
       raise HistoryMismatchError(f"{self._path} has no round {round_num}.")
     return json.loads(row[0])
 
-  def rounds(self, up_to_round: int, first_round: int = 1
-             ) -> Iterator[tuple[int, list[str], dict[str, Any]]]:
-    """Yields (round, client ids, metrics) of rounds `first_round`..`up_to_round`, in order."""
-    for round_num, clients_json, metrics_json, _ in self._rows(first_round, up_to_round):
+  def rounds(self, up_to_round: int) -> Iterator[tuple[int, list[str], dict[str, Any]]]:
+    """Yields (round, client ids, metrics) of rounds 1..`up_to_round`, in order."""
+    for round_num, clients_json, metrics_json, _ in self._rows(1, up_to_round):
       yield round_num, json.loads(clients_json), json.loads(metrics_json)
 
   def metrics(self, up_to_round: int) -> Iterator[dict[str, Any]]:
@@ -208,15 +203,13 @@ class RunHistory:
   def log_start(self, resumed_from_version: int | None, rounds_redone: int,
                 total_rounds: int) -> None:
     """Appends one entry to the start log (every start is logged, saved or not)."""
-    with self._connection:
-      self._connection.execute(
-          "INSERT INTO starts (started_at, resumed_from_version, rounds_redone, total_rounds) "
-          "VALUES (?, ?, ?, ?)",
-          (datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           resumed_from_version, rounds_redone, total_rounds))
+    self.add_starts([{
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "resumed_from_version": resumed_from_version, "rounds_redone": rounds_redone,
+        "total_rounds": total_rounds}])
 
   def add_starts(self, entries: Iterable[dict[str, Any]]) -> None:
-    """Appends start-log entries kept by the older layout (dicts as `starts` returns)."""
+    """Appends start-log entries (dicts as `starts` returns; also those of the older layout)."""
     with self._connection:
       self._connection.executemany(
           "INSERT INTO starts (started_at, resumed_from_version, rounds_redone, total_rounds) "

@@ -1,11 +1,12 @@
 """Per-client participation records: which clients trained in which round, on how many examples.
 
-One SQLite table, `participation(round, client_id, examples)`, primary key `(round, client_id)`. Rows are
-appended a round at a time, in one transaction; a start first deletes the rows of rounds after the
-version it resumes from, so rounds that are redone after a kill are never counted twice. There is no
-index by client: keeping one made each round's insert cost grow with the rows already there (1.3 ms
-after 10 rounds of 50 clients, 3.0 ms after 10,000), while a query by client scans 500,000 rows in
-about 35 ms. Files with the older index lose it when next opened for writing. `examples` is the number of the client's examples it trained on in each local epoch
+One SQLite table, `participation(round, client_id, examples)`, primary key `(round, client_id)`. Rows
+are appended a round at a time, in one transaction; a start first deletes the rows of rounds after
+the version it resumes from, so rounds that are redone after a kill are never counted twice. There is
+no index by client: keeping one made each round's insert cost grow with the rows already there (1.3
+ms after 10 rounds of 50 clients, 3.0 ms after 10,000), while a query by client scans 500,000 rows in
+about 35 ms. Files with the older index lose it when next opened for writing. `examples` is the
+number of the client's examples it trained on in each local epoch
 (after `client.max_examples_per_client`).
 """
 
