@@ -38,9 +38,26 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.client.shuffle_buffer = 100
   config.client.max_examples_per_client = 0  # 0 uses all of a client's examples.
 
+  config.algorithm = ml_collections.ConfigDict()
+  config.algorithm.name = "fedavg"  # "fedavg" (weighted) or "fedprox".
+  config.algorithm.proximal_strength = 0.01  # fedprox: the proximal term's weight (mu).
+
   config.server = ml_collections.ConfigDict()
+  config.server.optimizer = "sgd"  # "sgd", "adam", "adagrad" or "yogi".
   config.server.learning_rate = 1.0
-  config.server.momentum = 0.0
+  config.server.momentum = 0.0  # sgd only.
+  config.server.adam = ml_collections.ConfigDict()
+  config.server.adam.beta_1 = 0.9
+  config.server.adam.beta_2 = 0.999
+  config.server.adam.epsilon = 1e-7
+  config.server.adagrad = ml_collections.ConfigDict()
+  config.server.adagrad.initial_preconditioner_value = 0.1
+  config.server.adagrad.epsilon = 1e-7
+  config.server.yogi = ml_collections.ConfigDict()
+  config.server.yogi.beta_1 = 0.9
+  config.server.yogi.beta_2 = 0.999
+  config.server.yogi.epsilon = 1e-3
+  config.server.yogi.initial_preconditioner_value = 1e-6
 
   config.aggregator = ml_collections.ConfigDict()
   config.aggregator.name = "mean"  # "mean", "compression", "quantize" or "dp".

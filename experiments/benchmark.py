@@ -35,6 +35,7 @@ from absl import flags
 from configs import demo
 from experiments import benchmark_scale
 from experiments import measure
+from tff_resume import accounting
 from tff_resume import atomic_files
 from tff_resume import bookkeeping
 from tff_resume import checkpointing
@@ -43,7 +44,9 @@ from tff_resume import fingerprint as fingerprint_lib
 from tff_resume import history as history_lib
 from tff_resume import models
 from tff_resume import paths as paths_lib
+from tff_resume import run_record
 from tff_resume import training
+from tff_resume.program import loop as loop_lib
 from tff_resume.data import preprocessing
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
@@ -138,10 +141,15 @@ class Workload:
   def __init__(self, config):
     self.config = config
     self.train_data, _ = experiment.load_data(config)
-    self.process, self.communication = experiment.build_process(config)
+    self.process, aggregator = experiment.build_process(config)
+    self.communication = accounting.communication_cost(self.process, aggregator)
     self.initial_state = experiment.initial_state(config, self.process)
-    self.select_clients, self.client_datasets = experiment.client_functions(config,
-                                                                            self.train_data)
+    # The runner's own sampling and datasets (a loop object only describes a run until it trains).
+    clients = loop_lib.ResumableLoop(
+        self.process, self.train_data, run_dir="unused", preprocess=experiment.preprocess_fn(config),
+        clients_per_round=config.training.clients_per_round, seed=config.training.seed,
+        fingerprint={})
+    self.select_clients, self.client_datasets = clients.select_clients, clients.client_datasets
     self.bare_state = self.initial_state
     self.bare_round_num = 0
 
@@ -169,7 +177,8 @@ class RunnerLoop:
     paths = paths_lib.RunPaths.from_run_dir(run_dir)
     manager = checkpointing.DurableProgramStateManager(paths.checkpoints,
                                                        keep_total=config.checkpoint.keep_total)
-    record = experiment.new_record(config, fingerprint_lib.compute_fingerprint(config))
+    record = run_record.new_record(fingerprint_lib.compute_fingerprint(config),
+                                    experiment.seeds(config), config.training.total_rounds)
     history, _ = bookkeeping.open_history(manager, None, None, None, paths.progress_json)
     self._book = bookkeeping.Bookkeeping(
         paths, manager, record, history,
@@ -185,7 +194,7 @@ class RunnerLoop:
     self._state, _ = training.train(
         process=workload.process, state=self._state, book=self._book,
         total_rounds=self._book.record.rounds_done + 1, rounds_per_checkpoint=1,
-        communication=workload.communication, evaluate=lambda weights: {}, rounds_per_eval=0,
+        communication=workload.communication, evaluate=None, rounds_per_eval=0,
         select_clients=workload.select_clients, client_datasets=workload.client_datasets,
         should_stop=lambda: False,
         on_round=lambda result: self.checkpoint_seconds.append(result.checkpoint_seconds))

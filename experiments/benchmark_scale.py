@@ -96,7 +96,8 @@ class _LongRun:
     self._population = synthetic.client_ids(synthetic.SyntheticSpec(num_clients=_POPULATION))
     rounds = [self.round(round_num) for round_num in range(1, rounds_done + 1)]
     chain = _write_logs(self.paths, rounds, lambda client_id: _EXAMPLES_PER_CLIENT)
-    self.record = experiment.new_record(config, fingerprint_lib.compute_fingerprint(config))
+    self.record = run_record.new_record(fingerprint_lib.compute_fingerprint(config),
+                                    experiment.seeds(config), config.training.total_rounds)
     self.record.rounds_done, self.record.history_sha256 = rounds_done, chain
     self.record.last_metrics = rounds[-1][1]
     self.state = workload.bare_state
@@ -123,7 +124,8 @@ class _LongRun:
     round_num = self.record.rounds_done + 1
     clients, metrics = self.round(round_num)
     self.book.record_round(round_num, clients, metrics)
-    training.save_checkpoint(self.book, self._workload.process, self.state)
+    bookkeeping.save_checkpoint(self.manager, self.state, self.record,
+                                training.model_weights_sha256(self._workload.process, self.state))
 
 
 def bench_bookkeeping(linear, scratch: str, quick: bool, repetitions: int) -> dict:

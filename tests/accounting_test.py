@@ -27,9 +27,9 @@ _ZEROING_AND_CLIPPING_BITS = 2 * (32 + 32) + 2 * 32
 def _cost(model_name, spec):
   preprocess_spec = preprocessing.PreprocessSpec(flatten=models.needs_flat_input(model_name))
   aggregator = aggregators.build_aggregator(spec)
-  process = fedavg.build_fedavg(
+  process = fedavg.build_algorithm(
       models.build_model_fn(model_name, 10, 0, preprocessing.element_spec(preprocess_spec)),
-      client_learning_rate=0.1, server_learning_rate=1.0, model_aggregator=aggregator)
+      client_learning_rate=0.1, server=fedavg.ServerOptimizerSpec(learning_rate=1.0), model_aggregator=aggregator)
   return accounting.communication_cost(process, aggregator)
 
 

@@ -158,9 +158,9 @@ class ServesTffProgramLogicTest(absltest.TestCase):
     self.addCleanup(loop.close)
     spec = preprocessing.PreprocessSpec(batch_size=10, flatten=True)
     train, _ = synthetic.load_synthetic(synthetic.SyntheticSpec(num_clients=6))
-    process = fedavg.build_fedavg(
+    process = fedavg.build_algorithm(
         models.build_model_fn("linear", 10, 0, preprocessing.element_spec(spec)),
-        client_learning_rate=0.1, server_learning_rate=1.0)
+        client_learning_rate=0.1, server=fedavg.ServerOptimizerSpec(learning_rate=1.0))
 
     def select(round_num):
       return [preprocessing.preprocess_for_training(train.create_tf_dataset_for_client(c), spec,

@@ -142,8 +142,8 @@ class SyntheticLearnableTest(absltest.TestCase):
         epochs=epochs, batch_size=20, flatten=models.needs_flat_input(model_name))
     model_fn = models.build_model_fn(model_name, 10, 0,
                                      preprocessing.element_spec(preprocess_spec))
-    process = fedavg.build_fedavg(model_fn, client_learning_rate=client_learning_rate,
-                                  server_learning_rate=1.0)
+    process = fedavg.build_algorithm(model_fn, client_learning_rate=client_learning_rate,
+                                  server=fedavg.ServerOptimizerSpec(learning_rate=1.0))
     state = fedavg.initialize(process, model_name, 10, 0)
     for round_num in range(1, rounds + 1):
       clients = sampling.sample_clients(self.train.client_ids, 10, 0, round_num)

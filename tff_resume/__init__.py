@@ -1,0 +1,41 @@
+"""tff_resume: federated-learning experiments on TensorFlow Federated that survive interruption.
+
+The Python API (see the README):
+
+    import tff_resume
+    config = tff_resume.load_config("configs/demo.py:smoke", {"training.total_rounds": 4})
+    run = tff_resume.Run(config, root_output_dir="runs/nb", experiment_name="demo")
+    metrics = run.train()    # trains or resumes in this process
+    run.status()             # what `tff-resume status --json` prints
+
+    loop = tff_resume.ResumableLoop(my_process, my_client_data, run_dir="runs/mine",
+                                    clients_per_round=10, seed=0)
+    loop.train(total_rounds=100)
+
+Names are imported on first use, so `import tff_resume` stays cheap (and TensorFlow is not imported
+before a command-line program has set up its signals and network isolation).
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_config": "tff_resume.program.run",
+    "Run": "tff_resume.program.run",
+    "ConfigError": "tff_resume.program.run",
+    "ResumableLoop": "tff_resume.program.loop",
+    "run_status": "tff_resume.program.status",
+    "Interrupted": "tff_resume.runtime",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'tff_resume' has no attribute {name!r}")
+  return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_EXPORTS))

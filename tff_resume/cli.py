@@ -99,48 +99,12 @@ def _inspect(args) -> None:
 
 
 def _status(args) -> None:
-  from tff_resume import bookkeeping  # pylint: disable=g-import-not-at-top
-  from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
-  from tff_resume import participation  # pylint: disable=g-import-not-at-top
-  from tff_resume import paths  # pylint: disable=g-import-not-at-top
   from tff_resume import units  # pylint: disable=g-import-not-at-top
+  from tff_resume.program import status as status_lib  # pylint: disable=g-import-not-at-top
 
-  run_paths = paths.RunPaths.from_run_dir(args.run_dir)
-  manager = checkpointing.DurableProgramStateManager(run_paths.checkpoints)
-  version = manager.latest_good_version()
-  if version is None:
-    raise ValueError(f"No checkpoints in {run_paths.checkpoints}: is {args.run_dir} a run folder?")
-  metadata = manager.load_metadata(version)
-  with bookkeeping.VersionHistory(run_paths.checkpoints, metadata) as recorded:
-    record = recorded.record
-    rounds_done = record.rounds_done
-    if args.round_num is not None and not 1 <= args.round_num <= rounds_done:
-      raise ValueError(f"--round must be between 1 and {rounds_done}, got {args.round_num}.")
-    status = {
-        "run_dir": args.run_dir,
-        "rounds_done": rounds_done,
-        "total_rounds": record.total_rounds,
-        "complete": rounds_done >= record.total_rounds,
-        "newest_good_version": version,
-        "versions": manager.versions(),
-        "resume_log": recorded.starts(),
-        "last_metrics": record.last_metrics,
-        "model_weights_sha256": record.model_weights_sha256,
-        "history_sha256": record.history_sha256,
-        "fingerprint": record.fingerprint,
-        "library_versions": record.library_versions,
-    }
-    if args.round_num is not None:
-      status["round"] = args.round_num
-      status["sampled_clients"] = recorded.clients(args.round_num)
-  if args.client_id is not None:
-    rounds = participation.client_participation(run_paths.participation_db, args.client_id,
-                                                rounds_done)
-    status["client"] = {"client_id": args.client_id,
-                        "rounds": [{"round": r, "examples": n} for r, n in rounds],
-                        "participations": len(rounds), "examples": sum(n for _, n in rounds)}
-  if args.coverage:
-    status["coverage"] = participation.coverage(run_paths.participation_db, rounds_done)
+  status = status_lib.run_status(args.run_dir, round_num=args.round_num, client_id=args.client_id,
+                                 coverage=args.coverage)
+  rounds_done, version = status["rounds_done"], status["newest_good_version"]
   if args.json:
     print(json.dumps(status, indent=2, sort_keys=True))
     return

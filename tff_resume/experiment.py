@@ -7,14 +7,11 @@ Nothing here reads flags. Configuration sections and fields are documented in th
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_resume import accounting
 from tff_resume import aggregators
 from tff_resume import checkpointing
 from tff_resume import fedavg
 from tff_resume import global_model
 from tff_resume import models
-from tff_resume import run_record
-from tff_resume import sampling
 from tff_resume import training
 from tff_resume.data import emnist
 from tff_resume.data import preprocessing
@@ -80,13 +77,15 @@ def validate(config) -> None:
   for field in ("evaluation.rounds_per_eval", "evaluation.max_clients"):
     section, name = field.split(".")
     _require(config[section][name] >= 0, field, f"must be 0 or more, got {config[section][name]}.")
-  for field in ("client.learning_rate", "server.learning_rate"):
-    section, name = field.split(".")
-    _require(config[section][name] > 0, field, f"must be above 0, got {config[section][name]}.")
-  _require(0 <= config.server.momentum < 1, "server.momentum",
-           f"must be in [0, 1), got {config.server.momentum}.")
+  _require(config.client.learning_rate > 0, "client.learning_rate",
+           f"must be above 0, got {config.client.learning_rate}.")
+  _require(config.algorithm.name in fedavg.ALGORITHMS, "algorithm.name",
+           f"must be one of {', '.join(fedavg.ALGORITHMS)}, got {config.algorithm.name!r}.")
+  _require(config.algorithm.proximal_strength >= 0, "algorithm.proximal_strength",
+           f"must be 0 or more, got {config.algorithm.proximal_strength}.")
   try:
     aggregators.build_aggregator(aggregator_spec(config))
+    server_optimizer_spec(config).validate()
     preprocess_spec(config).validate()
     if config.data.source == "synthetic":
       synthetic_spec(config).validate()
@@ -112,15 +111,23 @@ def _model_fn(config):
                                preprocessing.element_spec(preprocess_spec(config)))
 
 
+def server_optimizer_spec(config) -> fedavg.ServerOptimizerSpec:
+  """The server optimizer `server.optimizer` names, with its section's hyperparameters."""
+  server = config.server
+  name = server.optimizer
+  settings = server[name].to_dict() if name in server and name != "sgd" else {}
+  return fedavg.ServerOptimizerSpec(name=name, learning_rate=server.learning_rate,
+                                    momentum=server.momentum, **settings)
+
+
 def build_process(config):
-  """Returns (the FedAvg process, its per-client communication cost)."""
-  model_fn = _model_fn(config)
+  """Returns (the FedAvg or FedProx process, the model-update aggregator it was built with)."""
   aggregator = aggregators.build_aggregator(aggregator_spec(config))
-  process = fedavg.build_fedavg(
-      model_fn, client_learning_rate=config.client.learning_rate,
-      server_learning_rate=config.server.learning_rate, server_momentum=config.server.momentum,
-      model_aggregator=aggregator)
-  return process, accounting.communication_cost(process, aggregator)
+  process = fedavg.build_algorithm(
+      _model_fn(config), client_learning_rate=config.client.learning_rate,
+      server=server_optimizer_spec(config), algorithm=config.algorithm.name,
+      proximal_strength=config.algorithm.proximal_strength, model_aggregator=aggregator)
+  return process, aggregator
 
 
 def initial_model_weights(config):
@@ -139,22 +146,17 @@ def initial_state(config, process):
   return fedavg.initialize(process, config.model.name, num_classes(config), config.training.seed)
 
 
-def client_functions(config, train):
-  """Returns (select_clients(round), client_datasets(round, ids)) for `training.train`."""
+def preprocess_fn(config):
+  """Returns preprocess(dataset, round, client id): a client's training dataset for a round, its
+  order a pure function of (`training.seed`, round, client id)."""
   spec = preprocess_spec(config)
   seed = config.training.seed
 
-  def select_clients(round_num):
-    return sampling.sample_clients(train.client_ids, config.training.clients_per_round, seed,
-                                   round_num)
+  def preprocess(dataset, round_num, client_id):
+    return preprocessing.preprocess_for_training(dataset, spec, seed=seed, round_num=round_num,
+                                                 client_id=client_id)
 
-  def client_datasets(round_num, client_ids):
-    return [preprocessing.preprocess_for_training(train.create_tf_dataset_for_client(client_id),
-                                                  spec, seed=seed, round_num=round_num,
-                                                  client_id=client_id)
-            for client_id in client_ids]
-
-  return select_clients, client_datasets
+  return preprocess
 
 
 def client_example_counter(config, train):
@@ -179,23 +181,20 @@ def build_evaluation(config, test_data):
   spec = preprocess_spec(config)
   evaluation = tff.learning.algorithms.build_fed_eval(_model_fn(config))
   client_ids = sorted(test_data.client_ids)[:config.evaluation.max_clients or None]
-  initial = evaluation.initialize()
-  datasets = []  # Built at the first evaluation, not at start (start-up must not grow with them).
+  initial, datasets = [], []  # At the first evaluation, not at start (start-up must not grow).
 
   def evaluate(model_weights):
-    if not datasets:
+    if not initial:
+      initial.append(evaluation.initialize())
       datasets.extend(preprocessing.preprocess_for_evaluation(
           test_data.create_tf_dataset_for_client(client_id), spec) for client_id in client_ids)
-    output = evaluation.next(evaluation.set_model_weights(initial, model_weights), datasets)
+    output = evaluation.next(evaluation.set_model_weights(initial[0], model_weights), datasets)
     return training.flatten_metrics(
         output.metrics["client_work"]["eval"]["current_round_metrics"], "evaluation/")
 
   return evaluate
 
 
-def new_record(config, fingerprint) -> run_record.RunRecord:
-  return run_record.RunRecord(
-      fingerprint=dict(fingerprint),
-      seeds={"training": config.training.seed, "synthetic_data": config.data.synthetic.seed},
-      library_versions={"tensorflow": tf.__version__, "tensorflow_federated": tff.__version__},
-      total_rounds=config.training.total_rounds)
+def seeds(config) -> dict[str, int]:
+  """The run's seeds by purpose, as its record keeps them."""
+  return {"training": config.training.seed, "synthetic_data": config.data.synthetic.seed}

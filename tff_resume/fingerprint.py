@@ -2,10 +2,12 @@
 
 A run can be resumed only with the same fingerprint. It covers the data (source, digits-only, the
 synthetic set's parameters, and the size in bytes of the EMNIST file), the model (with the SHA-256 of a
-warm start's source), the client and server
-optimizers, the aggregator, the clients per round and the seed. Fields that do not change the math
-(`training.total_rounds`, `checkpoint.*`, `data.cache_dir` itself, and the settings of the data
-source and aggregators not chosen) may change between starts.
+warm start's source), the algorithm, the client and server optimizers, the aggregator, the clients
+per round and the seed. Fields that do not change the math (`training.total_rounds`, `checkpoint.*`,
+`data.cache_dir` itself, and the settings of the data source, server optimizers and aggregators not
+chosen) may change between starts. Fields added with a default that reproduces the runs before them
+(`algorithm.*` for FedAvg, `server.optimizer` for SGD, `model.initial_weights` unset) are left out,
+so those runs keep their fingerprints and can still be resumed.
 """
 
 import os
@@ -14,7 +16,7 @@ from typing import Any, Mapping
 from tff_resume import global_model
 from tff_resume.data import emnist
 
-MATH_SECTIONS = ("data", "model", "client", "server", "aggregator")
+MATH_SECTIONS = ("algorithm", "data", "model", "client", "server", "aggregator")
 MATH_TRAINING_FIELDS = ("clients_per_round", "seed")
 _ABSENT = "(absent)"
 
@@ -61,6 +63,14 @@ def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
   unused = [] if config["data"]["source"] == "synthetic" else ["data.synthetic."]
   unused += [f"aggregator.{name}." for name in ("quantize", "dp")
              if config["aggregator"]["name"] != name]
+  optimizer = config["server"]["optimizer"]
+  unused += [f"server.{name}." for name in ("adam", "adagrad", "yogi") if name != optimizer]
+  if optimizer == "sgd":
+    del fields["server.optimizer"]  # The default: fingerprints stay those of runs before the field.
+  else:
+    unused.append("server.momentum")
+  if config["algorithm"]["name"] == "fedavg":
+    unused.append("algorithm.")  # The same: FedAvg runs keep the fingerprints they had.
   return {k: v for k, v in fields.items() if not k.startswith(tuple(unused))}
 
 

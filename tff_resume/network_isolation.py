@@ -95,16 +95,35 @@ def isolate() -> bool:
         # Namespaces entered, loopback down: nothing could reach the worker. Start afresh outside.
         os.environ[_RETRIED] = problem
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+  warn_unisolated(problem)
+  return False
+
+
+_warned = []
+
+
+_KERNEL_ADVICE = ("Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or "
+                  "the container's seccomp/AppArmor profile), or run on a firewalled machine")
+
+
+def warn_unisolated(problem: str, advice: str = _KERNEL_ADVICE) -> None:
+  """Warns once per process, on stderr, that the worker about to start is reachable from the network
+  (mode `auto`); says nothing in mode `off`.
+
+  Raises:
+    IsolationError: mode `require`.
+  """
+  chosen = mode()
   if chosen == "require":
     raise IsolationError(errno.EPERM, f"cannot give the TFF worker a private network namespace "
                          f"({problem}), and {ENVIRONMENT_VARIABLE}=require.")
+  if chosen == "off" or _warned:
+    return
+  _warned.append(problem)
   print(f"WARNING: the TFF worker could not be isolated from the network ({problem}): it listens on "
         "all interfaces, and anyone who can reach this machine on its port can run code as you "
-        "while this program runs. Allow unprivileged user namespaces (sysctl "
-        "kernel.unprivileged_userns_clone=1, or the container's seccomp/AppArmor profile), or run on "
-        f"a firewalled machine; {ENVIRONMENT_VARIABLE}=off hides this warning.", file=sys.stderr,
-        flush=True)
-  return False
+        f"while this program runs. {advice}; {ENVIRONMENT_VARIABLE}=off hides this warning.",
+        file=sys.stderr, flush=True)
 
 
 def _left_host_network() -> bool:

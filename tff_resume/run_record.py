@@ -64,6 +64,18 @@ class RunRecord:
                model_weights_sha256=value["model_weights_sha256"])
 
 
+def new_record(fingerprint: dict[str, Any], seeds: dict[str, int],
+               total_rounds: int) -> RunRecord:
+  """The record of a run before round 1, with the TensorFlow and TFF versions running it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+  return RunRecord(fingerprint=dict(fingerprint), seeds=dict(seeds),
+                   library_versions={"tensorflow": tf.__version__,
+                                     "tensorflow_federated": tff.__version__},
+                   total_rounds=total_rounds)
+
+
 def legacy_history(value: dict[str, Any]) -> list[tuple[list[str], dict[str, Any]]] | None:
   """The rounds [(client ids, metrics), ...] of a layout-1 record; None for a layout-2 record."""
   if "sampled_clients" not in value:

@@ -93,59 +93,68 @@ def release_dataset_functions() -> None:
       eager.remove_function(name)
 
 
-def save_checkpoint(book: bookkeeping.Bookkeeping, process, state) -> float:
-  """Saves `state` and the run record as version `record.rounds_done`; returns the seconds it took."""
-  started = time.perf_counter()
-  bookkeeping.save_checkpoint(book.manager, state, book.record, model_weights_sha256(process, state))
-  return time.perf_counter() - started
-
-
 def train(*, process, state, book: bookkeeping.Bookkeeping, total_rounds: int,
-          rounds_per_checkpoint: int, communication: accounting.CommunicationCost,
-          evaluate: Callable[[Any], dict[str, Any]], rounds_per_eval: int,
+          rounds_per_checkpoint: int, communication: accounting.CommunicationCost | None,
+          evaluate: Callable[[Any], dict[str, Any]] | None, rounds_per_eval: int,
           select_clients: Callable[[int], list[str]],
           client_datasets: Callable[[int, list[str]], list], should_stop: Callable[[], bool],
-          on_round: Callable[[RoundResult], None]) -> tuple[Any, bool]:
+          on_round: Callable[[RoundResult], None],
+          weights_sha256: Callable[[Any], str] | None = None) -> tuple[Any, bool]:
   """Runs rounds `book.record.rounds_done + 1` .. `total_rounds`.
 
   Args:
-    process: a `tff.learning.templates.LearningProcess`.
+    process: a `tff.learning.templates.LearningProcess`, or an iterative process whose `next`
+      returns (state, metrics).
     state: its state after `book.record.rounds_done` rounds.
     book: the run's bookkeeping: each round is recorded there, then checkpointed.
     total_rounds: the last round to run.
     rounds_per_checkpoint: save every this many rounds (and always after the last round).
-    communication: the per-client bits of a round, for the communication metrics.
-    evaluate: model weights -> evaluation metrics; run every `rounds_per_eval` rounds (0: never
-      before the last) and after the last round.
+    communication: the per-client bits of a round, for the communication metrics (None: none).
+    evaluate: state -> evaluation metrics; run every `rounds_per_eval` rounds (0: never before the
+      last) and after the last round. None: no evaluation.
     select_clients: round -> client ids.
     client_datasets: (round, client ids) -> the clients' preprocessed datasets.
     should_stop: polled after each round; when true, the round is saved and the loop stops.
     on_round: called after each round.
+    weights_sha256: state -> the SHA-256 kept in the record; default `model_weights_sha256`.
 
   Returns:
     (state, stopped): the final state, and whether a stop request ended the loop early.
   """
   record = book.record
+  weights_sha256 = weights_sha256 or (lambda state: model_weights_sha256(process, state))
   for round_num in range(record.rounds_done + 1, total_rounds + 1):
     started = time.perf_counter()
     client_ids = select_clients(round_num)
-    output = process.next(state, client_datasets(round_num, client_ids))
+    state, round_metrics = next_state_and_metrics(
+        process.next(state, client_datasets(round_num, client_ids)))
     release_dataset_functions()
-    state = output.state
     round_seconds = time.perf_counter() - started
-    metrics = {**flatten_metrics(output.metrics),
-               **communication_metrics(communication, len(client_ids), record.last_metrics),
-               "time/round_seconds": round_seconds}
-    if round_num == total_rounds or (rounds_per_eval and round_num % rounds_per_eval == 0):
+    metrics = flatten_metrics(round_metrics)
+    if communication is not None:
+      metrics.update(communication_metrics(communication, len(client_ids), record.last_metrics))
+    metrics["time/round_seconds"] = round_seconds
+    if evaluate is not None and (
+        round_num == total_rounds or (rounds_per_eval and round_num % rounds_per_eval == 0)):
       evaluation_started = time.perf_counter()
-      metrics.update(evaluate(global_model_weights(process, state)))
+      metrics.update(evaluate(state))
       metrics["time/evaluation_seconds"] = time.perf_counter() - evaluation_started
     book.record_round(round_num, client_ids, metrics)
     stopping = should_stop()
     checkpoint_seconds = None
     if round_num % rounds_per_checkpoint == 0 or round_num == total_rounds or stopping:
-      checkpoint_seconds = save_checkpoint(book, process, state)
+      checkpoint_started = time.perf_counter()
+      bookkeeping.save_checkpoint(book.manager, state, book.record, weights_sha256(state))
+      checkpoint_seconds = time.perf_counter() - checkpoint_started
     on_round(RoundResult(round_num, total_rounds, metrics, round_seconds, checkpoint_seconds))
     if stopping and round_num < total_rounds:
       return state, True
   return state, False
+
+
+def next_state_and_metrics(output: Any) -> tuple[Any, Any]:
+  """(state, metrics) of what `next` returned: a `LearningProcessOutput`, or a (state, metrics) pair."""
+  if hasattr(output, "state") and hasattr(output, "metrics"):
+    return output.state, output.metrics
+  state, metrics = output
+  return state, metrics

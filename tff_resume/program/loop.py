@@ -1,0 +1,370 @@
+"""`ResumableLoop`: any TFF learning process, trained round by round so that it survives interruption.
+
+    loop = tff_resume.ResumableLoop(process, client_data, run_dir="runs/mine", clients_per_round=10,
+                                    seed=0)
+    metrics = loop.train(total_rounds=100)   # kill it anywhere; train() again continues
+
+Each round samples its clients from `client_data` with the seeded sampler (`sampling.sample_clients`:
+a pure function of the seed, the round and the client ids), runs `process.next`, records the clients
+and metrics (history, TensorBoard, `results/metrics.csv`, participation), and saves the server state
+with the run record as one checkpoint version. A later `train()` in any process resumes from the
+newest good version and gives bit-identical weights, clients and metrics to a run never interrupted.
+It takes the run folder's lock, refuses a run whose fingerprint differs, and owns the TFF worker it
+starts. The EMNIST runner (`run.Run`, `experiments/run_emnist.py`) is built on it.
+"""
+
+import contextlib
+import hashlib
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_resume import accounting
+from tff_resume import atomic_files
+from tff_resume import bookkeeping
+from tff_resume import checkpointing
+from tff_resume import fingerprint as fingerprint_lib
+from tff_resume import global_model
+from tff_resume import network_isolation
+from tff_resume import paths as paths_lib
+from tff_resume import run_lock
+from tff_resume import run_record
+from tff_resume import runtime
+from tff_resume import sampling
+from tff_resume import training
+from tff_resume import units
+
+
+class RunFolderError(ValueError):
+  """The run folder cannot be created or written."""
+
+
+class VersionVanishedError(Exception):
+  """A checkpoint version was removed by something else between listing and loading it."""
+
+
+def _state_sha256(state: Any) -> str:
+  """SHA-256 over the raw bytes of every array of a state, in `tf.nest` order."""
+  return global_model.weights_sha256([np.asarray(leaf) for leaf in tf.nest.flatten(state)])
+
+
+def default_fingerprint(process, client_ids, clients_per_round: int, seed: int) -> dict[str, Any]:
+  """What changes the math of a loop not described by a config: the process's types, the sampling
+  settings and the client population (a SHA-256 of the sorted ids)."""
+  population = hashlib.sha256("\n".join(sorted(client_ids)).encode()).hexdigest()
+  return {"process.next.type_signature": str(process.next.type_signature),
+          "training.clients_per_round": clients_per_round, "training.seed": seed,
+          "client_data.num_clients": len(client_ids), "client_data.client_ids_sha256": population}
+
+
+def counted_examples(client_data) -> Callable[[str], int]:
+  """Returns examples(client_id): the elements of the client's dataset, counted once."""
+  counts = {}
+
+  def examples(client_id: str) -> int:
+    if client_id not in counts:
+      dataset = client_data.create_tf_dataset_for_client(client_id)
+      counts[client_id] = int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    return counts[client_id]
+
+  return examples
+
+
+def report_round(result: training.RoundResult, first_round: int, started: float) -> None:
+  """Prints the round's line: loss, accuracy, bits, evaluation, time and ETA (what is known)."""
+  metrics = result.metrics
+  rounds_run = result.round_num - first_round + 1
+  eta_seconds = (time.monotonic() - started) / rounds_run * (result.total_rounds - result.round_num)
+  parts = [f"round {result.round_num:4d}/{result.total_rounds}"]
+  for label, name in (("loss", "client_work/train/loss"),
+                      ("accuracy", "client_work/train/sparse_categorical_accuracy")):
+    if name in metrics:
+      parts.append(f"{label} {metrics[name]:.4f}")
+  if "communication/broadcasted_bits" in metrics:
+    parts.append(f"bits down {units.format_bits(metrics['communication/broadcasted_bits'])}"
+                 f" up {units.format_bits(metrics['communication/aggregated_bits'])}")
+  if "evaluation/sparse_categorical_accuracy" in metrics:
+    parts.append(f"eval accuracy {metrics['evaluation/sparse_categorical_accuracy']:.4f}")
+  parts.append(f"round {result.round_seconds:.2f} s")
+  if result.checkpoint_seconds is not None:
+    parts.append(f"checkpoint {result.checkpoint_seconds:.2f} s")
+  parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta_seconds))}")
+  print("  ".join(parts), flush=True)
+
+
+@contextlib.contextmanager
+def _own_worker(verbose: bool):
+  """Runs the body with a TFF worker of this loop's own as the default context; puts back the
+  context that was there before, and stops the worker, however the body ends."""
+  stack = tff.framework.get_context_stack()
+  previous = stack.current
+  if not network_isolation.isolated():
+    network_isolation.warn_unisolated(
+        "this process was not isolated before its threads started: a notebook, or your own program",
+        advice="Train through the command line (python -m experiments.run_emnist), which isolates "
+        "it, or on a firewalled machine")
+  worker = runtime.start_local_execution_context(show_worker_output=verbose)
+  try:
+    yield worker
+  finally:
+    worker.stop()
+    tff.framework.set_default_context(previous)
+
+
+class ResumableLoop:
+  """Trains a TFF learning process durably in `run_dir` (see the module docstring)."""
+
+  def __init__(self, process, client_data, *, run_dir: str, clients_per_round: int,
+               seed: int = 0,
+               preprocess: Callable[[tf.data.Dataset, int, str], tf.data.Dataset] | None = None,
+               initial_state: Any = None, model_weights_fn: Callable[[Any], Any] | None = None,
+               aggregator: Any = None,
+               evaluate: Callable[[Any], Mapping[str, Any]] | None = None,
+               rounds_per_eval: int = 0, rounds_per_checkpoint: int = 1, keep_total: int = 5,
+               keep_first: bool = True, keep_every_k: int = 1,
+               fingerprint: Mapping[str, Any] | None = None,
+               hyperparameters: Mapping[str, Any] | None = None,
+               config: Mapping[str, Any] | None = None,
+               client_examples: Callable[[str], int] | None = None,
+               seeds: Mapping[str, int] | None = None, start_worker: bool = True,
+               verbose: bool = False):
+    """Describes the run; nothing is read or written before `train`.
+
+    Args:
+      process: a `tff.learning.templates.LearningProcess`, or a `tff.templates.IterativeProcess`
+        whose `next(state, client_datasets)` returns its new state and metrics as a pair (then give
+        `model_weights_fn`, or the whole state is hashed).
+      client_data: a `tff.simulation.datasets.ClientData`: its `client_ids` are sampled from.
+      run_dir: the run's folder (created; checkpoints, history, TensorBoard and results go there).
+      clients_per_round: clients sampled each round, without replacement.
+      seed: the sampling seed (and the one passed to `preprocess`, through the round).
+      preprocess: (dataset, round, client id) -> the client's training dataset for that round;
+        default the dataset as it is. It must depend on nothing else for resume to be bit-identical.
+      initial_state: the state before round 1, or a function of the process returning it; default
+        `process.initialize()`.
+      model_weights_fn: state -> `tff.learning.models.ModelWeights` (or a list of arrays): what
+        evaluation gets and what `model_weights_sha256` hashes; default the learning process's.
+      aggregator: the `tff.aggregators` factory the process was built with: adds the broadcast and
+        aggregated bits of every round (`communication/*`). None: no bits are recorded.
+      evaluate: model weights -> {metric name: number}, run every `rounds_per_eval` rounds (0:
+        only after the last) and after the last round.
+      rounds_per_eval: see `evaluate`.
+      rounds_per_checkpoint: save every this many rounds (always after the last, and on a stop).
+      keep_total, keep_first, keep_every_k: checkpoint retention (see `checkpointing`).
+      fingerprint: the fields that change the math; a resume with other values is refused. Default
+        `default_fingerprint(...)`.
+      hyperparameters: shown in TensorBoard's HParams dashboard; default the fingerprint.
+      config: saved as `config.json` at every start (for the user; never read back to train).
+      client_examples: client id -> its examples, for `results/participation.sqlite`; default the
+        size of its dataset in `client_data`.
+      seeds: recorded in the run record, by purpose; default {"training": seed}.
+      start_worker: start a TFF worker of the loop's own for each `train` (and stop it after);
+        False uses the execution context already installed.
+      verbose: let the worker print.
+    """
+    self.process, self.client_data = process, client_data
+    self.paths = paths_lib.RunPaths.from_run_dir(run_dir)
+    self.clients_per_round, self.seed = clients_per_round, seed
+    self._preprocess = preprocess
+    self._initial_state, self._model_weights_fn = initial_state, model_weights_fn
+    self._communication = (None if aggregator is None
+                           else accounting.communication_cost(process, aggregator))
+    self._evaluate, self.rounds_per_eval = evaluate, rounds_per_eval
+    self.rounds_per_checkpoint = rounds_per_checkpoint
+    self._retention = {"keep_total": keep_total, "keep_first": keep_first,
+                       "keep_every_k": keep_every_k}
+    self.fingerprint = dict(fingerprint if fingerprint is not None else default_fingerprint(
+        process, client_data.client_ids, clients_per_round, seed))
+    self._hyperparameters = dict(hyperparameters if hyperparameters is not None
+                                 else {k: str(v) for k, v in self.fingerprint.items()})
+    self._config = config
+    self._client_examples = client_examples or counted_examples(client_data)
+    self._seeds = dict(seeds if seeds is not None else {"training": seed})
+    self._start_worker, self._verbose = start_worker, verbose
+
+  @property
+  def run_dir(self) -> str:
+    return self.paths.run_dir
+
+  def model_weights(self, state) -> Any:
+    if self._model_weights_fn is not None:
+      return self._model_weights_fn(state)
+    return training.global_model_weights(self.process, state)
+
+  def _weights_sha256(self, state) -> str:
+    if self._model_weights_fn is None and not hasattr(self.process, "get_model_weights"):
+      return _state_sha256(state)
+    weights = self.model_weights(state)
+    if hasattr(weights, "trainable"):
+      weights = list(weights.trainable) + list(weights.non_trainable)
+    return global_model.weights_sha256([np.asarray(array) for array in weights])
+
+  def select_clients(self, round_num: int) -> list[str]:
+    """The clients of round `round_num`: a pure function of (seed, round, client ids)."""
+    return sampling.sample_clients(self.client_data.client_ids, self.clients_per_round, self.seed,
+                                   round_num)
+
+  def client_datasets(self, round_num: int, client_ids: list[str]) -> list[tf.data.Dataset]:
+    datasets = [self.client_data.create_tf_dataset_for_client(client_id)
+                for client_id in client_ids]
+    if self._preprocess is None:
+      return datasets
+    return [self._preprocess(dataset, round_num, client_id)
+            for dataset, client_id in zip(datasets, client_ids)]
+
+  def train(self, total_rounds: int, *, stop: runtime.StopRequest | None = None
+            ) -> dict[str, Any]:
+    """Trains or resumes up to round `total_rounds`; returns the last round's metrics.
+
+    SIGINT/SIGTERM (Ctrl-C, a notebook's stop button) let the current round finish and be saved,
+    then `runtime.Interrupted` is raised; `train` again resumes. A second signal stops at once
+    (`KeyboardInterrupt`; the last saved version is intact). Every process it started has ended
+    when it returns or raises.
+
+    Args:
+      total_rounds: the last round; a complete run returns at once with its last metrics.
+      stop: the program's own `runtime.StopRequest` (installed early by a command-line program);
+        default one installed for the duration of the call (main thread only).
+
+    Raises:
+      runtime.Interrupted: a signal stopped the run at a safe point.
+      run_lock.RunLockedError: another process is running in `run_dir`; nothing was changed.
+      fingerprint.FingerprintMismatchError: the run folder holds a run with other math.
+      RunFolderError: the run folder cannot be written.
+    """
+    if total_rounds < 1:
+      raise ValueError(f"total_rounds must be at least 1, got {total_rounds}.")
+    own_stop = stop is None
+    if own_stop:
+      stop = runtime.StopRequest(in_process=True)
+      if threading.current_thread() is threading.main_thread():
+        stop.install()
+    try:
+      return self._train_holding_lock(total_rounds, stop)
+    finally:
+      if own_stop:
+        stop.uninstall()
+
+  def _train_holding_lock(self, total_rounds: int, stop: runtime.StopRequest) -> dict[str, Any]:
+    stop.raise_if_requested()
+    run_dir = self.paths.run_dir
+    lock = run_lock.RunLock(run_dir)
+    created = not os.path.isdir(run_dir)
+    try:
+      lock.acquire()
+    except OSError as error:
+      raise RunFolderError(f"cannot write the run folder {run_dir}: {error.strerror}; choose a "
+                           "writable --root_output_dir.") from None
+    try:
+      return self._train_locked(total_rounds, stop)
+    finally:
+      if created and os.listdir(run_dir) == [run_lock.LOCK_FILE]:
+        # This start wrote nothing (bad input, or stopped early): leave no empty run folder behind.
+        os.remove(lock.path)
+        os.rmdir(run_dir)
+      lock.release()
+
+  def _train_locked(self, total_rounds: int, stop: runtime.StopRequest) -> dict[str, Any]:
+    paths = self.paths
+    manager = checkpointing.DurableProgramStateManager(paths.checkpoints, **self._retention)
+    version = manager.latest_good_version()
+    record = metadata = None
+    if version is not None:
+      metadata = manager.load_metadata(version)
+      record = run_record.RunRecord.from_json(metadata)
+      fingerprint_lib.check_resumable(record.fingerprint, self.fingerprint, paths.run_dir)
+      if record.rounds_done >= total_rounds:
+        print(f"Run {paths.run_dir} is complete: {record.rounds_done} rounds done, "
+              f"{total_rounds} asked for. Nothing to do "
+              "(raise --config.training.total_rounds to extend it).")
+        return dict(record.last_metrics)
+    stop.raise_if_requested()
+    with contextlib.ExitStack() as stack:
+      # First, as it may refuse the run: nothing is changed before it accepts the history.
+      history, redone = bookkeeping.open_history(manager, version, record, metadata,
+                                                 paths.progress_json)
+      stack.callback(history.close)
+      for cleanup in (manager.remove_temporaries,
+                      lambda: atomic_files.remove_temporaries(paths.run_dir),
+                      lambda: atomic_files.remove_temporaries(paths.results_dir)):
+        cleanup()
+        stop.add_cleanup(cleanup)
+      if self._config is not None:
+        atomic_files.write_json_atomically(paths.config_json, dict(self._config))
+      newer = [v for v in manager.versions() if version is not None and v > version]
+      for corrupt in newer + manager.unfinished_versions():
+        manager.set_aside(corrupt)
+      if self._start_worker:
+        stack.enter_context(_own_worker(self._verbose))
+      state, record = self._start_state(manager, version, record, history, redone, total_rounds)
+      return self._run_rounds(state, manager, record, history, total_rounds, stop, stack)
+
+  def _start_state(self, manager, version, record, history, redone, total_rounds):
+    """(state, record) to train from: the initial state saved as version 0, or the version
+    resumed."""
+    initial = self._initial_state
+    state = (self.process.initialize() if initial is None
+             else initial(self.process) if callable(initial) else initial)
+    if record is None:
+      record = run_record.new_record(self.fingerprint, self._seeds, total_rounds)
+      history.log_start(None, 0, total_rounds)
+      bookkeeping.save_checkpoint(manager, state, record, self._weights_sha256(state))
+      print(f"Starting {self.paths.run_dir}: {total_rounds} rounds.")
+      return state, record
+    try:
+      state = manager.load_version(version, state)
+    except checkpointing.VersionNotFoundError:
+      raise VersionVanishedError(
+          f"checkpoint version {version} of {self.paths.run_dir} vanished while it was being "
+          "loaded (removed by something else); run the same command again.") from None
+    record.total_rounds = total_rounds
+    history.log_start(version, redone, total_rounds)
+    print(f"Resuming {self.paths.run_dir} from version {version} "
+          f"({redone} round{'s' * (redone != 1)} to redo), up to round {total_rounds}.")
+    return state, record
+
+  def _run_rounds(self, state, manager, record, history, total_rounds: int,
+                  stop: runtime.StopRequest, stack: contextlib.ExitStack) -> dict[str, Any]:
+    book = bookkeeping.Bookkeeping(self.paths, manager, record, history, self._client_examples,
+                                   self._hyperparameters)
+    stack.callback(book.close)
+    first_round, started = record.rounds_done + 1, time.monotonic()
+    stop.raise_if_requested()
+
+    def on_round(result: training.RoundResult) -> None:
+      if result.checkpoint_seconds is not None:
+        book.tensorboard.write_round(result.round_num,
+                                     {"time/checkpoint_seconds": result.checkpoint_seconds})
+      report_round(result, first_round, started)
+
+    _, stopped = training.train(
+        process=self.process, state=state, book=book, total_rounds=total_rounds,
+        rounds_per_checkpoint=self.rounds_per_checkpoint, communication=self._communication,
+        evaluate=(None if self._evaluate is None
+                  else lambda state: self._evaluate(self.model_weights(state))),
+        rounds_per_eval=self.rounds_per_eval, select_clients=self.select_clients,
+        client_datasets=self.client_datasets, should_stop=lambda: stop.requested,
+        on_round=on_round, weights_sha256=self._weights_sha256)
+    if stopped:
+      raise runtime.Interrupted(stop.signal_name, record.rounds_done)
+    self._print_done(record, time.monotonic() - started)
+    return dict(record.last_metrics)
+
+  def _print_done(self, record: run_record.RunRecord, seconds: float) -> None:
+    last = record.last_metrics
+    parts = [f"Done: {record.rounds_done} rounds in {seconds:.1f} s this start"]
+    if "client_work/train/loss" in last:
+      parts.append(f"final loss {last['client_work/train/loss']:.4f}, accuracy "
+                   f"{last.get('client_work/train/sparse_categorical_accuracy', float('nan')):.4f}")
+    if "communication/broadcasted_bits" in last:
+      parts.append(f"broadcast {units.format_bits(last['communication/broadcasted_bits'])}, "
+                   f"aggregated {units.format_bits(last['communication/aggregated_bits'])} in all")
+    parts.append(f"model weights SHA-256 {record.model_weights_sha256[:16]}...")
+    print("; ".join(parts))
+    sys.stdout.flush()
