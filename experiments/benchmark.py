@@ -280,8 +280,9 @@ def bench_checkpoints(workload: Workload, scratch: str, repetitions: int,
   state = workload.bare_state
   ours = checkpointing.DurableProgramStateManager(os.path.join(scratch, "ours"), keep_total=2)
   theirs = tff.program.FileProgramStateManager(os.path.join(scratch, "tff"), keep_total=2)
-  record = experiment.new_record(workload.config, fingerprint_lib.compute_fingerprint(
-      workload.config))
+  config = workload.config
+  record = run_record.new_record(fingerprint_lib.compute_fingerprint(config),
+                                 experiment.seeds(config), config.training.total_rounds)
   versions = {"tff": 0}
   loop = runtime_loop()
 
