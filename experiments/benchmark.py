@@ -20,12 +20,12 @@ import sys
 import tempfile
 import time
 
-from tff_resume import network_isolation
-from tff_resume import runtime
+from tff_resume.runtime import local_worker
+from tff_resume.runtime import network_isolation
 
 if __name__ == "__main__":
   network_isolation.isolate()  # Before TensorFlow's threads: its workers serve a private loopback.
-runtime.quiet_tensorflow_logging(verbose="--verbose" in sys.argv[1:])
+local_worker.quiet_tensorflow_logging(verbose="--verbose" in sys.argv[1:])
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -35,22 +35,22 @@ from absl import flags
 from configs import demo
 from experiments import benchmark_scale
 from experiments import measure
-from tff_resume import accounting
-from tff_resume import atomic_files
-from tff_resume import bookkeeping
-from tff_resume import checkpointing
-from tff_resume import experiment
-from tff_resume import fingerprint as fingerprint_lib
-from tff_resume import history as history_lib
-from tff_resume import models
-from tff_resume import paths as paths_lib
-from tff_resume import run_record
-from tff_resume import training
-from tff_resume.program import loop as loop_lib
 from tff_resume.data import preprocessing
+from tff_resume.learning import accounting
+from tff_resume.learning import models
+from tff_resume.program import atomic_files
+from tff_resume.program import bookkeeping
+from tff_resume.program import checkpointing
+from tff_resume.program import experiment
+from tff_resume.program import fingerprint as fingerprint_lib
+from tff_resume.program import history as history_lib
+from tff_resume.program import loop as loop_lib
+from tff_resume.program import paths as paths_lib
+from tff_resume.program import run_record
+from tff_resume.program import training
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
-runtime.install_guard_context()
+local_worker.install_guard_context()
 
 _OUT = flags.DEFINE_string("out", None, "Folder to write benchmark.json and benchmark.md into.",
                            required=True)
@@ -216,7 +216,7 @@ def _tiny_datasets(workload: Workload):
 
 
 def bench_rounds(workload: Workload, scratch: str, repetitions: int,
-                 worker: runtime.LocalWorker) -> dict:
+                 worker: local_worker.LocalWorker) -> dict:
   """Sections 1 and 2: the runner's round, a bare `process.next` round and the plain-TF floor on the
   same examples, alternated; then where a TFF round's time goes besides the SGD steps."""
   runner = RunnerLoop(workload, os.path.join(scratch, "runner"))
@@ -241,7 +241,7 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
   _log("rounds: worker concurrency settings")
   concurrency = {}
   for limit in (2, 4):
-    concurrency[f"bare_worker_concurrency_{limit}"] = runtime.start_local_execution_context(
+    concurrency[f"bare_worker_concurrency_{limit}"] = local_worker.start_local_execution_context(
         max_concurrent_computation_calls=limit)
 
   def bare_with(context):
@@ -368,7 +368,7 @@ def bench_resume(scratch: str, quick: bool, repetitions: int) -> dict:
                                    - summary["cold_start_to_round_1"]["median_s"])}
 
 
-def bench_scaling(quick: bool, worker: runtime.LocalWorker, repetitions: int,
+def bench_scaling(quick: bool, worker: local_worker.LocalWorker, repetitions: int,
                   cnn: "Workload") -> list[dict]:
   """Section 5: round time and peak memory (worker and Python) against clients per round and model."""
   client_counts = scaling_client_counts(quick)
@@ -485,7 +485,7 @@ def _core_sections(scratch: str, quick: bool, repetitions: int, worker) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  runtime.quiet_tensorflow_logging(_VERBOSE.value)
+  local_worker.quiet_tensorflow_logging(_VERBOSE.value)
   quick = _QUICK.value
   repetitions = 2 if quick else _REPETITIONS.value
   if repetitions < 1:
@@ -493,7 +493,7 @@ def main(argv):
     return 2
   os.makedirs(_OUT.value, exist_ok=True)
   started = time.perf_counter()
-  worker = runtime.start_local_execution_context(show_worker_output=_VERBOSE.value)
+  worker = local_worker.start_local_execution_context(show_worker_output=_VERBOSE.value)
   sections, values = {}, {}
   with tempfile.TemporaryDirectory(prefix="tff_resume_benchmark_") as scratch:
     if "core" in _SECTIONS.value:

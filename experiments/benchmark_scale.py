@@ -20,19 +20,19 @@ import statistics
 import time
 
 from experiments import measure
-from tff_resume import atomic_files
-from tff_resume import bookkeeping
-from tff_resume import checkpointing
-from tff_resume import experiment
-from tff_resume import fingerprint as fingerprint_lib
-from tff_resume import history as history_lib
-from tff_resume import metrics_release
-from tff_resume import participation
-from tff_resume import paths as paths_lib
-from tff_resume import run_record
-from tff_resume import sampling
-from tff_resume import training
 from tff_resume.data import synthetic
+from tff_resume.learning import sampling
+from tff_resume.program import atomic_files
+from tff_resume.program import bookkeeping
+from tff_resume.program import checkpointing
+from tff_resume.program import experiment
+from tff_resume.program import fingerprint as fingerprint_lib
+from tff_resume.program import history as history_lib
+from tff_resume.program import metrics_release
+from tff_resume.program import participation
+from tff_resume.program import paths as paths_lib
+from tff_resume.program import run_record
+from tff_resume.program import training
 
 TARGETS = {
     "bookkeeping_10000_vs_10": 1.2,

@@ -31,8 +31,8 @@ from typing import Callable
 from absl import app
 from absl import flags
 
-from tff_resume import history
-from tff_resume import run_lock
+from tff_resume.program import history
+from tff_resume.program import run_lock
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT_KINDS = ("sigkill", "sigkill_group", "sigterm", "sigint", "second_start")

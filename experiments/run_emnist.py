@@ -13,12 +13,13 @@ in use (run the command again to resume).
 
 import sys
 
-from tff_resume import network_isolation
-from tff_resume import runtime
+from tff_resume.runtime import local_worker
+from tff_resume.runtime import network_isolation
+from tff_resume.runtime import signals
 
 # SIGINT/SIGTERM from the first instant: a signal during the imports below stops at the first safe
 # point with the documented status, not Python's default (a traceback, or status 143).
-_STOP = runtime.StopRequest()
+_STOP = signals.StopRequest()
 if __name__ == "__main__":
   _STOP.install()
   # Before TensorFlow starts threads: the worker started later must share a private loopback only.
@@ -32,18 +33,18 @@ if __name__ == "__main__":
 # TensorFlow must also be imported before absl.app.run: Keras 2.14 first imported inside app.run
 # builds broken Sequential models ("Output tensors of a Sequential model must be the output of a
 # TensorFlow `Layer`").
-runtime.quiet_tensorflow_logging(verbose="--verbose" in sys.argv[1:])
+local_worker.quiet_tensorflow_logging(verbose="--verbose" in sys.argv[1:])
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 import tensorflow  # noqa: F401  pylint: disable=unused-import
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from tff_resume.program import command_line
+from experiments import command_line
 from tff_resume.program import run as run_lib
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
-runtime.install_guard_context()
+local_worker.install_guard_context()
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None,
@@ -60,7 +61,7 @@ _VERBOSE = flags.DEFINE_bool("verbose", False,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  runtime.quiet_tensorflow_logging(_VERBOSE.value)
+  local_worker.quiet_tensorflow_logging(_VERBOSE.value)
   if _CONFIG.value is None or not _EXPERIMENT_NAME.value:
     print("run_emnist: error: --config and --experiment_name are required, e.g. "
           "--config=configs/demo.py --experiment_name=demo", file=sys.stderr)

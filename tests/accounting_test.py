@@ -1,4 +1,4 @@
-"""Tests for tff_resume.accounting and aggregators: exact bits, checked against independent counts.
+"""Tests for tff_resume.learning.accounting and aggregators: exact bits, checked against independent counts.
 
 Aggregated bits are checked against the model's own variables (uncompressed) and against the size of
 what tensorflow-model-optimization's encoders really produce for a real client update (compressed).
@@ -11,12 +11,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.internal import tensor_encoding as te
 
-from tff_resume import accounting
-from tff_resume import aggregators
-from tff_resume import fedavg
-from tff_resume import models
-from tff_resume import runtime
 from tff_resume.data import preprocessing
+from tff_resume.learning import accounting
+from tff_resume.learning import aggregators
+from tff_resume.learning import algorithms
+from tff_resume.learning import models
+from tff_resume.runtime import local_worker
 
 _WEIGHT_BITS = 32  # The client weight (its example count), a float32 sent with the update.
 # Adaptive zeroing and adaptive clipping each estimate a norm quantile: every client sends a float32
@@ -27,9 +27,9 @@ _ZEROING_AND_CLIPPING_BITS = 2 * (32 + 32) + 2 * 32
 def _cost(model_name, spec):
   preprocess_spec = preprocessing.PreprocessSpec(flatten=models.needs_flat_input(model_name))
   aggregator = aggregators.build_aggregator(spec)
-  process = fedavg.build_algorithm(
+  process = algorithms.build_algorithm(
       models.build_model_fn(model_name, 10, 0, preprocessing.element_spec(preprocess_spec)),
-      client_learning_rate=0.1, server=fedavg.ServerOptimizerSpec(learning_rate=1.0), model_aggregator=aggregator)
+      client_learning_rate=0.1, server=algorithms.ServerOptimizerSpec(learning_rate=1.0), model_aggregator=aggregator)
   return accounting.communication_cost(process, aggregator)
 
 
@@ -64,8 +64,8 @@ class CommunicationCostTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    runtime.quiet_tensorflow_logging()
-    runtime.install_guard_context()
+    local_worker.quiet_tensorflow_logging()
+    local_worker.install_guard_context()
     cls.cnn_variables = models.create_keras_model("cnn", 10, 0).trainable_variables
     cls.cnn_update = _real_client_update("cnn")
 

@@ -1,4 +1,4 @@
-"""Tests for tff_resume.checkpointing: atomic, checksummed versions, fallback and TFF's retention."""
+"""Tests for tff_resume.program.checkpointing: atomic, checksummed versions, fallback and TFF's retention."""
 
 import asyncio
 import collections
@@ -9,13 +9,13 @@ from absl.testing import absltest
 import numpy as np
 import tensorflow_federated as tff
 
-from tff_resume import checkpointing
-from tff_resume import fedavg
-from tff_resume import models
-from tff_resume import runtime
-from tff_resume import sampling
 from tff_resume.data import preprocessing
 from tff_resume.data import synthetic
+from tff_resume.learning import algorithms
+from tff_resume.learning import models
+from tff_resume.learning import sampling
+from tff_resume.program import checkpointing
+from tff_resume.runtime import local_worker
 
 
 def _state(value):
@@ -150,7 +150,7 @@ class ServesTffProgramLogicTest(absltest.TestCase):
   """The manager plugs into TFF's own `tff.simulation.run_training_process`."""
 
   def test_run_training_process_saves_and_resumes_from_our_manager(self):
-    worker = runtime.start_local_execution_context()
+    worker = local_worker.start_local_execution_context()
     self.addCleanup(worker.stop)
     # run_training_process calls asyncio.get_event_loop(), which asyncio.run() elsewhere unsets.
     loop = asyncio.new_event_loop()
@@ -158,9 +158,9 @@ class ServesTffProgramLogicTest(absltest.TestCase):
     self.addCleanup(loop.close)
     spec = preprocessing.PreprocessSpec(batch_size=10, flatten=True)
     train, _ = synthetic.load_synthetic(synthetic.SyntheticSpec(num_clients=6))
-    process = fedavg.build_algorithm(
+    process = algorithms.build_algorithm(
         models.build_model_fn("linear", 10, 0, preprocessing.element_spec(spec)),
-        client_learning_rate=0.1, server=fedavg.ServerOptimizerSpec(learning_rate=1.0))
+        client_learning_rate=0.1, server=algorithms.ServerOptimizerSpec(learning_rate=1.0))
 
     def select(round_num):
       return [preprocessing.preprocess_for_training(train.create_tf_dataset_for_client(c), spec,

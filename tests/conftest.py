@@ -14,5 +14,5 @@ def pytest_unconfigure(config):
   """Drops TFF's import-time context while modules are alive: its cleanup errors at interpreter exit."""
   del config
   if "tensorflow_federated" in sys.modules:
-    from tff_resume import runtime  # pylint: disable=g-import-not-at-top
-    runtime.install_guard_context()
+    from tff_resume.runtime import local_worker
+    local_worker.install_guard_context()

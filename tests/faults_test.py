@@ -13,9 +13,9 @@ from absl.testing import absltest
 
 from experiments import chaos
 from experiments import tensorboard_server
-from tff_resume import metrics_release
-from tff_resume import paths
-from tff_resume import run_lock
+from tff_resume.program import metrics_release
+from tff_resume.program import paths
+from tff_resume.program import run_lock
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = 20
@@ -62,7 +62,7 @@ class RunLockTest(absltest.TestCase):
   def test_second_holder_is_refused_with_the_holders_pid_until_it_is_killed(self):
     run_dir = os.path.join(self.create_tempdir().full_path, "run")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tff_resume import run_lock; "
+        [sys.executable, "-c", "import sys, time; from tff_resume.program import run_lock; "
          f"run_lock.RunLock({run_dir!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
         cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE, text=True)
     try:

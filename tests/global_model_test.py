@@ -13,11 +13,11 @@ import sys
 from absl.testing import absltest
 import numpy as np
 
-from tff_resume import bookkeeping
-from tff_resume import checkpointing
-from tff_resume import global_model
-from tff_resume import models
 from tff_resume.data import synthetic
+from tff_resume.learning import models
+from tff_resume.program import bookkeeping
+from tff_resume.program import checkpointing
+from tff_resume.program import global_model
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CUSTOM = "experiments.custom_model:create_model"

@@ -1,10 +1,10 @@
-"""Tests for tff_resume.metrics_release: one TensorBoard point per round across restarts."""
+"""Tests for tff_resume.program.metrics_release: one TensorBoard point per round across restarts."""
 
 import os
 
 from absl.testing import absltest
 
-from tff_resume import metrics_release
+from tff_resume.program import metrics_release
 
 
 class TensorBoardScalarsTest(absltest.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for tff_resume.models: the FedAvg paper's architectures and seeded initialization."""
+"""Tests for tff_resume.learning.models: the FedAvg paper's architectures and seeded initialization."""
 
 import hashlib
 import os
@@ -7,7 +7,7 @@ import sys
 
 from absl.testing import absltest
 
-from tff_resume import models
+from tff_resume.learning import models
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +36,7 @@ class CreateKerasModelTest(absltest.TestCase):
     self.assertEqual(layers[0].kernel_size, (5, 5))
 
   def test_same_seed_same_weights_in_another_process(self):
-    program = ("import hashlib; from tff_resume import models; "
+    program = ("import hashlib; from tff_resume.learning import models; "
                "w = models.initial_model_weights('cnn', 10, 4); "
                "print(hashlib.sha256(b''.join(a.tobytes() for a in w.trainable)).hexdigest())")
     env = dict(os.environ, PYTHONPATH=_REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3")

@@ -1,4 +1,4 @@
-"""Tests for tff_resume.network_isolation: the runner's TFF worker cannot be reached from the network.
+"""Tests for tff_resume.runtime.network_isolation: the runner's TFF worker cannot be reached from the network.
 
 A real runner is started, its real worker found among its children, and a TCP connection is tried to
 the worker's port through this machine's non-loopback address: refused when isolated, accepted with
@@ -16,7 +16,7 @@ import tempfile
 
 from absl.testing import absltest
 
-from tff_resume import network_isolation
+from tff_resume.runtime import network_isolation
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SIOCGIFADDR = 0x8915
@@ -75,7 +75,7 @@ class WorkerReachabilityTest(absltest.TestCase):
       self.skipTest("this machine has no non-loopback IPv4 address to connect through")
     possible = subprocess.run(
         [sys.executable, "-c",
-         "from tff_resume import network_isolation; network_isolation.isolate()"],
+         "from tff_resume.runtime import network_isolation; network_isolation.isolate()"],
         cwd=_REPO_ROOT, capture_output=True, text=True, check=False,
         env=dict(os.environ, PYTHONPATH=_REPO_ROOT,
                  **{network_isolation.ENVIRONMENT_VARIABLE: "require"}))
@@ -121,7 +121,7 @@ class WorkerReachabilityTest(absltest.TestCase):
     # loopback; from here the same port is closed on every address.
     script = (
         "import os, socket, sys\n"
-        "from tff_resume import network_isolation\n"
+        "from tff_resume.runtime import network_isolation\n"
         "isolated = network_isolation.isolate()\n"
         "listener = socket.create_server(('0.0.0.0', 0))\n"
         "socket.create_connection(('127.0.0.1', listener.getsockname()[1]), timeout=5).close()\n"

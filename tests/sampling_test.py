@@ -1,11 +1,11 @@
-"""Tests for tff_resume.sampling: the clients of a round depend on (seed, round, population) only."""
+"""Tests for tff_resume.learning.sampling: the clients of a round depend on (seed, round, population) only."""
 
 import random
 
 from absl.testing import absltest
 import numpy as np
 
-from tff_resume import sampling
+from tff_resume.learning import sampling
 
 _POPULATION = [f"client_{index:03d}" for index in range(50)]
 

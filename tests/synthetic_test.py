@@ -8,13 +8,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_resume import fedavg
-from tff_resume import models
-from tff_resume import runtime
-from tff_resume import sampling
-from tff_resume import training
 from tff_resume.data import preprocessing
 from tff_resume.data import synthetic
+from tff_resume.learning import algorithms
+from tff_resume.learning import models
+from tff_resume.learning import sampling
+from tff_resume.program import training
+from tff_resume.runtime import local_worker
 
 
 def _digest(arrays) -> str:
@@ -126,7 +126,7 @@ class SyntheticLearnableTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.worker = runtime.start_local_execution_context()
+    cls.worker = local_worker.start_local_execution_context()
     cls.spec = synthetic.SyntheticSpec(num_clients=30)
     cls.train, _ = synthetic.load_synthetic(cls.spec)
     cls.test_arrays = synthetic.synthetic_arrays(cls.spec, "test")
@@ -142,9 +142,9 @@ class SyntheticLearnableTest(absltest.TestCase):
         epochs=epochs, batch_size=20, flatten=models.needs_flat_input(model_name))
     model_fn = models.build_model_fn(model_name, 10, 0,
                                      preprocessing.element_spec(preprocess_spec))
-    process = fedavg.build_algorithm(model_fn, client_learning_rate=client_learning_rate,
-                                  server=fedavg.ServerOptimizerSpec(learning_rate=1.0))
-    state = fedavg.initialize(process, model_name, 10, 0)
+    process = algorithms.build_algorithm(model_fn, client_learning_rate=client_learning_rate,
+                                  server=algorithms.ServerOptimizerSpec(learning_rate=1.0))
+    state = algorithms.initialize(process, model_name, 10, 0)
     for round_num in range(1, rounds + 1):
       clients = sampling.sample_clients(self.train.client_ids, 10, 0, round_num)
       state = process.next(state, [
@@ -158,7 +158,7 @@ class SyntheticLearnableTest(absltest.TestCase):
     """The benchmark compares worker concurrency settings; they must not change results."""
     process, state, _ = self._train("2nn", 2, 0.1, epochs=1)
     unlimited = training.model_weights_sha256(process, state)
-    limited_worker = runtime.start_local_execution_context(max_concurrent_computation_calls=2)
+    limited_worker = local_worker.start_local_execution_context(max_concurrent_computation_calls=2)
     try:
       process, state, _ = self._train("2nn", 2, 0.1, epochs=1)
       self.assertEqual(training.model_weights_sha256(process, state), unlimited)

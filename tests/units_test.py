@@ -1,8 +1,8 @@
-"""Tests for tff_resume.units."""
+"""Tests for tff_resume.program.units."""
 
 from absl.testing import absltest
 
-from tff_resume import units
+from tff_resume.program import units
 
 
 class FormatBitsTest(absltest.TestCase):

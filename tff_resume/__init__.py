@@ -26,7 +26,7 @@ _EXPORTS = {
     "ConfigError": "tff_resume.program.run",
     "ResumableLoop": "tff_resume.program.loop",
     "run_status": "tff_resume.program.status",
-    "Interrupted": "tff_resume.runtime",
+    "Interrupted": "tff_resume.runtime.signals",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -14,7 +14,9 @@ import json
 import os
 import sys
 
-from tff_resume import runtime
+from tff_resume.runtime import local_worker
+
+from tff_resume.runtime import signals
 
 EXIT_USAGE_ERROR = 2
 
@@ -99,7 +101,7 @@ def _inspect(args) -> None:
 
 
 def _status(args) -> None:
-  from tff_resume import units  # pylint: disable=g-import-not-at-top
+  from tff_resume.program import units  # pylint: disable=g-import-not-at-top
   from tff_resume.program import status as status_lib  # pylint: disable=g-import-not-at-top
 
   status = status_lib.run_status(args.run_dir, round_num=args.round_num, client_id=args.client_id,
@@ -148,8 +150,8 @@ def _status(args) -> None:
 
 
 def _export(args) -> None:
-  from tff_resume import global_model  # pylint: disable=g-import-not-at-top
-  from tff_resume import run_lock  # pylint: disable=g-import-not-at-top
+  from tff_resume.program import global_model  # pylint: disable=g-import-not-at-top
+  from tff_resume.program import run_lock  # pylint: disable=g-import-not-at-top
 
   run_dir, out = os.path.realpath(args.run_dir), os.path.realpath(args.out)
   # Writing into the run folder: only while no runner writes there.
@@ -166,15 +168,15 @@ def _export(args) -> None:
 def main(argv: list[str] | None = None) -> int:
   """Runs the command line; returns the exit status."""
   args = _build_parser().parse_args(argv)
-  runtime.quiet_tensorflow_logging(args.verbose)
+  local_worker.quiet_tensorflow_logging(args.verbose)
   from tff_resume.data import emnist  # pylint: disable=g-import-not-at-top
   from tff_resume.data import leaf  # pylint: disable=g-import-not-at-top
 
-  runtime.install_guard_context()
-  from tff_resume import checkpointing  # pylint: disable=g-import-not-at-top
-  from tff_resume import history  # pylint: disable=g-import-not-at-top
-  from tff_resume import participation  # pylint: disable=g-import-not-at-top
-  from tff_resume import run_lock  # pylint: disable=g-import-not-at-top
+  local_worker.install_guard_context()
+  from tff_resume.program import checkpointing  # pylint: disable=g-import-not-at-top
+  from tff_resume.program import history  # pylint: disable=g-import-not-at-top
+  from tff_resume.program import participation  # pylint: disable=g-import-not-at-top
+  from tff_resume.program import run_lock  # pylint: disable=g-import-not-at-top
 
   handlers = {("data", "import-leaf"): _import_leaf, ("data", "inspect"): _inspect,
               ("status", None): _status, ("export", None): _export}
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE_ERROR
   except run_lock.RunLockedError as error:
     print(f"tff-resume: {error}", file=sys.stderr)
-    return runtime.EXIT_CODE_INTERRUPTED
+    return signals.EXIT_CODE_INTERRUPTED
   return 0
 
 

@@ -25,20 +25,21 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_resume import accounting
-from tff_resume import atomic_files
-from tff_resume import bookkeeping
-from tff_resume import checkpointing
-from tff_resume import fingerprint as fingerprint_lib
-from tff_resume import global_model
-from tff_resume import network_isolation
-from tff_resume import paths as paths_lib
-from tff_resume import run_lock
-from tff_resume import run_record
-from tff_resume import runtime
-from tff_resume import sampling
-from tff_resume import training
-from tff_resume import units
+from tff_resume.learning import accounting
+from tff_resume.learning import sampling
+from tff_resume.program import atomic_files
+from tff_resume.program import bookkeeping
+from tff_resume.program import checkpointing
+from tff_resume.program import fingerprint as fingerprint_lib
+from tff_resume.program import global_model
+from tff_resume.program import paths as paths_lib
+from tff_resume.program import run_lock
+from tff_resume.program import run_record
+from tff_resume.program import training
+from tff_resume.program import units
+from tff_resume.runtime import local_worker
+from tff_resume.runtime import network_isolation
+from tff_resume.runtime import signals
 
 
 class RunFolderError(ValueError):
@@ -109,7 +110,7 @@ def _own_worker(verbose: bool):
         "this process was not isolated before its threads started: a notebook, or your own program",
         advice="Train through the command line (python -m experiments.run_emnist), which isolates "
         "it, or on a firewalled machine")
-  worker = runtime.start_local_execution_context(show_worker_output=verbose)
+  worker = local_worker.start_local_execution_context(show_worker_output=verbose)
   try:
     yield worker
   finally:
@@ -218,22 +219,22 @@ class ResumableLoop:
     return [self._preprocess(dataset, round_num, client_id)
             for dataset, client_id in zip(datasets, client_ids)]
 
-  def train(self, total_rounds: int, *, stop: runtime.StopRequest | None = None
+  def train(self, total_rounds: int, *, stop: signals.StopRequest | None = None
             ) -> dict[str, Any]:
     """Trains or resumes up to round `total_rounds`; returns the last round's metrics.
 
     SIGINT/SIGTERM (Ctrl-C, a notebook's stop button) let the current round finish and be saved,
-    then `runtime.Interrupted` is raised; `train` again resumes. A second signal stops at once
+    then `signals.Interrupted` is raised; `train` again resumes. A second signal stops at once
     (`KeyboardInterrupt`; the last saved version is intact). Every process it started has ended
     when it returns or raises.
 
     Args:
       total_rounds: the last round; a complete run returns at once with its last metrics.
-      stop: the program's own `runtime.StopRequest` (installed early by a command-line program);
+      stop: the program's own `signals.StopRequest` (installed early by a command-line program);
         default one installed for the duration of the call (main thread only).
 
     Raises:
-      runtime.Interrupted: a signal stopped the run at a safe point.
+      signals.Interrupted: a signal stopped the run at a safe point.
       run_lock.RunLockedError: another process is running in `run_dir`; nothing was changed.
       fingerprint.FingerprintMismatchError: the run folder holds a run with other math.
       RunFolderError: the run folder cannot be written.
@@ -242,7 +243,7 @@ class ResumableLoop:
       raise ValueError(f"total_rounds must be at least 1, got {total_rounds}.")
     own_stop = stop is None
     if own_stop:
-      stop = runtime.StopRequest(in_process=True)
+      stop = signals.StopRequest(in_process=True)
       if threading.current_thread() is threading.main_thread():
         stop.install()
     try:
@@ -251,7 +252,7 @@ class ResumableLoop:
       if own_stop:
         stop.uninstall()
 
-  def _train_holding_lock(self, total_rounds: int, stop: runtime.StopRequest) -> dict[str, Any]:
+  def _train_holding_lock(self, total_rounds: int, stop: signals.StopRequest) -> dict[str, Any]:
     stop.raise_if_requested()
     run_dir = self.paths.run_dir
     lock = run_lock.RunLock(run_dir)
@@ -270,7 +271,7 @@ class ResumableLoop:
         os.rmdir(run_dir)
       lock.release()
 
-  def _train_locked(self, total_rounds: int, stop: runtime.StopRequest) -> dict[str, Any]:
+  def _train_locked(self, total_rounds: int, stop: signals.StopRequest) -> dict[str, Any]:
     paths = self.paths
     manager = checkpointing.DurableProgramStateManager(paths.checkpoints, **self._retention)
     version = manager.latest_good_version()
@@ -330,7 +331,7 @@ class ResumableLoop:
     return state, record
 
   def _run_rounds(self, state, manager, record, history, total_rounds: int,
-                  stop: runtime.StopRequest, stack: contextlib.ExitStack) -> dict[str, Any]:
+                  stop: signals.StopRequest, stack: contextlib.ExitStack) -> dict[str, Any]:
     book = bookkeeping.Bookkeeping(self.paths, manager, record, history, self._client_examples,
                                    self._hyperparameters)
     stack.callback(book.close)
@@ -352,7 +353,7 @@ class ResumableLoop:
         client_datasets=self.client_datasets, should_stop=lambda: stop.requested,
         on_round=on_round, weights_sha256=self._weights_sha256)
     if stopped:
-      raise runtime.Interrupted(stop.signal_name, record.rounds_done)
+      raise signals.Interrupted(stop.signal_name, record.rounds_done)
     self._print_done(record, time.monotonic() - started)
     return dict(record.last_metrics)
 

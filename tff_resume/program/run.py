@@ -17,12 +17,12 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from tff_resume import experiment
-from tff_resume import fingerprint as fingerprint_lib
-from tff_resume import paths as paths_lib
-from tff_resume import runtime
+from tff_resume.program import experiment
+from tff_resume.program import fingerprint as fingerprint_lib
 from tff_resume.program import loop as loop_lib
+from tff_resume.program import paths as paths_lib
 from tff_resume.program import status as status_lib
+from tff_resume.runtime import signals
 
 ConfigError = experiment.ConfigError
 
@@ -103,12 +103,12 @@ class Run:
   def run_dir(self) -> str:
     return self.paths.run_dir
 
-  def loop(self, stop: runtime.StopRequest | None = None) -> loop_lib.ResumableLoop:
+  def loop(self, stop: signals.StopRequest | None = None) -> loop_lib.ResumableLoop:
     """Checks the config, loads the data and builds the process; returns the run's loop.
 
     Raises:
       ConfigError, emnist.DataNotFoundError, global_model.ModelSourceError: bad input.
-      runtime.Interrupted: `stop` was requested meanwhile.
+      signals.Interrupted: `stop` was requested meanwhile.
     """
     config = self.config
     experiment.validate(config)
@@ -132,18 +132,18 @@ class Run:
         client_examples=experiment.client_example_counter(config, train_data),
         seeds=experiment.seeds(config), verbose=self.verbose)
 
-  def train(self, *, stop: runtime.StopRequest | None = None) -> dict[str, Any]:
+  def train(self, *, stop: signals.StopRequest | None = None) -> dict[str, Any]:
     """Trains or resumes up to `training.total_rounds`; returns the last round's metrics.
 
     A SIGINT (Ctrl-C, Colab's stop button) or SIGTERM lets the current round finish and be saved,
     then raises `tff_resume.Interrupted` (a `KeyboardInterrupt`); call `train()` again to resume.
 
     Args:
-      stop: a command-line program's early-installed `runtime.StopRequest`; default one of
+      stop: a command-line program's early-installed `signals.StopRequest`; default one of
         `train`'s own, for the duration of the call.
 
     Raises:
-      runtime.Interrupted: stopped by a signal at a safe point; the run is resumable.
+      signals.Interrupted: stopped by a signal at a safe point; the run is resumable.
       ConfigError and the other errors of `loop` and `ResumableLoop.train`.
     """
     metrics = self.loop(stop).train(self.config.training.total_rounds, stop=stop)

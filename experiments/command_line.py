@@ -12,17 +12,17 @@ from typing import Callable
 
 from absl import flags
 
-from tff_resume import checkpointing
-from tff_resume import experiment
-from tff_resume import fingerprint as fingerprint_lib
-from tff_resume import global_model
-from tff_resume import history as history_lib
-from tff_resume import participation
-from tff_resume import paths as paths_lib
-from tff_resume import run_lock
-from tff_resume import runtime
 from tff_resume.data import emnist
+from tff_resume.program import checkpointing
+from tff_resume.program import experiment
+from tff_resume.program import fingerprint as fingerprint_lib
+from tff_resume.program import global_model
+from tff_resume.program import history as history_lib
 from tff_resume.program import loop as loop_lib
+from tff_resume.program import participation
+from tff_resume.program import paths as paths_lib
+from tff_resume.program import run_lock
+from tff_resume.runtime import signals
 
 EXIT_CODE_BAD_INPUT = 2
 EXIT_CODE_WRITE_FAILED = 74  # EX_IOERR: a disk full or failing; the last saved version is intact.
@@ -38,16 +38,16 @@ def exit_status(program: str, train: Callable[[], object]) -> int:
   try:
     train()
     return 0
-  except runtime.Interrupted as interrupted:
+  except signals.Interrupted as interrupted:
     where = ("during start-up, before training; nothing was lost" if interrupted.rounds_done is None
              else f"after round {interrupted.rounds_done} (saved)")
     print(f"Stopped by {interrupted.signal_name} {where}. Run the same command again to resume. "
-          f"Exit status {runtime.EXIT_CODE_INTERRUPTED}.",
+          f"Exit status {signals.EXIT_CODE_INTERRUPTED}.",
           file=sys.stderr if interrupted.rounds_done is None else sys.stdout)
-    return runtime.EXIT_CODE_INTERRUPTED
+    return signals.EXIT_CODE_INTERRUPTED
   except run_lock.RunLockedError as error:
-    print(f"{program}: {error} Exit status {runtime.EXIT_CODE_INTERRUPTED}.", file=sys.stderr)
-    return runtime.EXIT_CODE_INTERRUPTED
+    print(f"{program}: {error} Exit status {signals.EXIT_CODE_INTERRUPTED}.", file=sys.stderr)
+    return signals.EXIT_CODE_INTERRUPTED
   except USER_ERRORS as error:
     print(f"{program}: error: {error}", file=sys.stderr)
     return EXIT_CODE_BAD_INPUT

@@ -1,4 +1,4 @@
-"""Tests for tff_resume.runtime: the TFF worker ends with the program however the program ends."""
+"""Tests for tff_resume.runtime.local_worker: the TFF worker ends with the program however the program ends."""
 
 import os
 import signal
@@ -9,7 +9,7 @@ import time
 
 from absl.testing import absltest
 
-from tff_resume import runtime
+from tff_resume.runtime import local_worker
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,10 +17,10 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # argv[1] says: "exit" normally, "raise" with an uncaught exception, "wait" until a signal arrives.
 _PROGRAM = textwrap.dedent("""
     import sys, time
-    from tff_resume import runtime
-    runtime.quiet_tensorflow_logging()
+    from tff_resume.runtime import local_worker
+    local_worker.quiet_tensorflow_logging()
     import tensorflow_federated as tff
-    worker = runtime.start_local_execution_context()
+    worker = local_worker.start_local_execution_context()
 
     @tff.federated_computation
     def three_at_server():
@@ -121,9 +121,9 @@ class LocalWorkerTest(absltest.TestCase):
   def test_quiet_logging_sets_the_level_tensorflow_reads(self):
     saved = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
     try:
-      runtime.quiet_tensorflow_logging(verbose=True)
+      local_worker.quiet_tensorflow_logging(verbose=True)
       self.assertEqual(os.environ["TF_CPP_MIN_LOG_LEVEL"], "0")
-      runtime.quiet_tensorflow_logging()
+      local_worker.quiet_tensorflow_logging()
       self.assertEqual(os.environ["TF_CPP_MIN_LOG_LEVEL"], "3")
     finally:
       os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)

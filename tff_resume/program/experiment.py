@@ -7,15 +7,15 @@ Nothing here reads flags. Configuration sections and fields are documented in th
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_resume import aggregators
-from tff_resume import checkpointing
-from tff_resume import fedavg
-from tff_resume import global_model
-from tff_resume import models
-from tff_resume import training
 from tff_resume.data import emnist
 from tff_resume.data import preprocessing
 from tff_resume.data import synthetic
+from tff_resume.learning import aggregators
+from tff_resume.learning import algorithms
+from tff_resume.learning import models
+from tff_resume.program import checkpointing
+from tff_resume.program import global_model
+from tff_resume.program import training
 
 DATA_SOURCES = ("emnist", "synthetic")
 
@@ -79,8 +79,8 @@ def validate(config) -> None:
     _require(config[section][name] >= 0, field, f"must be 0 or more, got {config[section][name]}.")
   _require(config.client.learning_rate > 0, "client.learning_rate",
            f"must be above 0, got {config.client.learning_rate}.")
-  _require(config.algorithm.name in fedavg.ALGORITHMS, "algorithm.name",
-           f"must be one of {', '.join(fedavg.ALGORITHMS)}, got {config.algorithm.name!r}.")
+  _require(config.algorithm.name in algorithms.ALGORITHMS, "algorithm.name",
+           f"must be one of {', '.join(algorithms.ALGORITHMS)}, got {config.algorithm.name!r}.")
   _require(config.algorithm.proximal_strength >= 0, "algorithm.proximal_strength",
            f"must be 0 or more, got {config.algorithm.proximal_strength}.")
   try:
@@ -111,19 +111,19 @@ def _model_fn(config):
                                preprocessing.element_spec(preprocess_spec(config)))
 
 
-def server_optimizer_spec(config) -> fedavg.ServerOptimizerSpec:
+def server_optimizer_spec(config) -> algorithms.ServerOptimizerSpec:
   """The server optimizer `server.optimizer` names, with its section's hyperparameters."""
   server = config.server
   name = server.optimizer
   settings = server[name].to_dict() if name in server and name != "sgd" else {}
-  return fedavg.ServerOptimizerSpec(name=name, learning_rate=server.learning_rate,
+  return algorithms.ServerOptimizerSpec(name=name, learning_rate=server.learning_rate,
                                     momentum=server.momentum, **settings)
 
 
 def build_process(config):
   """Returns (the FedAvg or FedProx process, the model-update aggregator it was built with)."""
   aggregator = aggregators.build_aggregator(aggregator_spec(config))
-  process = fedavg.build_algorithm(
+  process = algorithms.build_algorithm(
       _model_fn(config), client_learning_rate=config.client.learning_rate,
       server=server_optimizer_spec(config), algorithm=config.algorithm.name,
       proximal_strength=config.algorithm.proximal_strength, model_aggregator=aggregator)
@@ -143,7 +143,7 @@ def initial_state(config, process):
   """The state before round 1: the warm start's weights, or the model's seeded initial weights."""
   if config.model.initial_weights:
     return process.set_model_weights(process.initialize(), initial_model_weights(config))
-  return fedavg.initialize(process, config.model.name, num_classes(config), config.training.seed)
+  return algorithms.initialize(process, config.model.name, num_classes(config), config.training.seed)
 
 
 def preprocess_fn(config):

@@ -24,11 +24,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_resume import atomic_files
-from tff_resume import bookkeeping
-from tff_resume import checkpointing
-from tff_resume import models
-from tff_resume import paths as paths_lib
+from tff_resume.learning import models
+from tff_resume.program import atomic_files
+from tff_resume.program import bookkeeping
+from tff_resume.program import checkpointing
+from tff_resume.program import paths as paths_lib
 
 MODEL_FILE = "model.keras"
 WEIGHTS_FILE = "weights.npz"

@@ -10,9 +10,9 @@ from absl.testing import absltest
 import numpy as np
 
 from configs import demo
-from tff_resume import checkpointing
-from tff_resume import experiment
-from tff_resume import fingerprint
+from tff_resume.program import checkpointing
+from tff_resume.program import experiment
+from tff_resume.program import fingerprint
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ADAM_FEDPROX = ("--config.algorithm.name=fedprox", "--config.algorithm.proximal_strength=0.5",

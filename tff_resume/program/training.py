@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tff_resume import accounting
-from tff_resume import bookkeeping
-from tff_resume import global_model
+from tff_resume.learning import accounting
+from tff_resume.program import bookkeeping
+from tff_resume.program import global_model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import dataclasses
 
 import tensorflow_federated as tff
 
-from tff_resume import models
+from tff_resume.learning import models
 
 ALGORITHMS = ("fedavg", "fedprox")
 SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")
