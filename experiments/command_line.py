@@ -28,7 +28,8 @@ EXIT_CODE_BAD_INPUT = 2
 EXIT_CODE_WRITE_FAILED = 74  # EX_IOERR: a disk full or failing; the last saved version is intact.
 USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, global_model.ModelSourceError,
                 fingerprint_lib.FingerprintMismatchError, checkpointing.NoGoodVersionError,
-                paths_lib.InvalidExperimentNameError, history_lib.HistoryMismatchError,
+                paths_lib.InvalidExperimentNameError, paths_lib.NotOwnFileError,
+                history_lib.HistoryMismatchError,
                 loop_lib.RunFolderError, loop_lib.VersionVanishedError)
 
 

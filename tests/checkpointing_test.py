@@ -3,7 +3,9 @@
 import asyncio
 import collections
 import hashlib
+import json
 import os
+import shutil
 
 from absl.testing import absltest
 import numpy as np
@@ -107,6 +109,62 @@ class DurableProgramStateManagerTest(absltest.TestCase):
                                   r"versions \[1\] are all corrupt\); nothing was changed"):
         self.manager.load_latest_good(_state(0))
     self.assertEqual(_tree_bytes(self.root), before)
+
+  def _manifest_names(self, manager, version, names):
+    """Rewrites version `version`'s manifest to list `names`, each with the state file's checksum."""
+    manifest_path = os.path.join(manager.version_path(version), "MANIFEST.json")
+    with open(manifest_path) as manifest_file:
+      manifest = json.load(manifest_file)
+    entry = manifest["files"]["state.npz"]
+    manifest["files"] = {name: entry for name in names}
+    with open(manifest_path, "w") as manifest_file:
+      json.dump(manifest, manifest_file)
+
+  def test_a_version_naming_or_holding_anything_but_its_own_files_is_corrupt(self):
+    """Names outside the version, links (even to identical bytes) and special files are never read:
+    the newest version falls back to version 0 each time, at once (a FIFO or /dev/zero would hang)."""
+    outside = self.create_tempdir().full_path
+    for case in ("dot-dot name", "absolute name", "extra name", "linked state", "fifo state",
+                 "device metadata", "linked manifest", "linked version"):
+      with self.subTest(case):
+        root = os.path.join(self.create_tempdir().full_path, "checkpoints")
+        manager = checkpointing.DurableProgramStateManager(root, keep_total=0)
+        manager.save_version(_state(0), 0, metadata={"ok": True})
+        manager.save_version(_state(1), 1, metadata={"ok": True})
+        version_1 = manager.version_path(1)
+        state_path = os.path.join(version_1, "state.npz")
+        if case == "dot-dot name":
+          shutil.copy(state_path, os.path.join(outside, "copy.npz"))
+          escape = f"../../../{os.path.basename(outside)}/copy.npz"
+          self._manifest_names(manager, 1, ["state.npz", escape])
+        elif case == "absolute name":
+          self._manifest_names(manager, 1, ["state.npz", state_path])
+        elif case == "extra name":
+          self._manifest_names(manager, 1, ["state.npz", "MANIFEST.json"])
+        elif case == "linked state":
+          shutil.move(state_path, os.path.join(outside, "state.npz"))
+          os.symlink(os.path.join(outside, "state.npz"), state_path)
+        elif case == "fifo state":
+          os.remove(state_path)
+          os.mkfifo(state_path)
+        elif case == "device metadata":
+          os.remove(os.path.join(version_1, "metadata.json"))
+          os.symlink("/dev/zero", os.path.join(version_1, "metadata.json"))
+        elif case == "linked manifest":
+          manifest_path = os.path.join(version_1, "MANIFEST.json")
+          shutil.move(manifest_path, os.path.join(outside, "MANIFEST.json"))
+          os.symlink(os.path.join(outside, "MANIFEST.json"), manifest_path)
+        else:
+          shutil.move(version_1, os.path.join(outside, "version_1"))
+          os.symlink(os.path.join(outside, "version_1"), version_1)
+        with self.assertLogs(level="WARNING") as logs:
+          self.assertEqual(manager.latest_good_version(), 0)
+        self.assertIn("Skipping corrupt checkpoint version 1", logs.output[0])
+        with self.assertRaises(checkpointing.CorruptVersionError):
+          manager.load_metadata(1)
+        for name in os.listdir(outside):
+          path = os.path.join(outside, name)
+          shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
   def test_empty_root_loads_nothing(self):
     self.assertEqual(asyncio.run(self.manager.load_latest(_state(0))), (None, 0))

@@ -158,6 +158,30 @@ class CustomModelExportTest(absltest.TestCase):
       self.assertIn(message, result.stderr)
     self.assertEqual(sorted(os.listdir(taken.full_path)), ["keep.txt"])
 
+  def test_export_refuses_a_config_json_that_disagrees_with_the_checkpoint(self):
+    """config.json names the model's code (`module:function`): a changed one is never imported."""
+    copy = os.path.join(self.create_tempdir().full_path, "copy")
+    shutil.copytree(os.path.join(self.root, "straight"), copy)
+    modules = self.create_tempdir()
+    marker = os.path.join(modules.full_path, "imported")
+    modules.create_file("planted_model.py", f"open({marker!r}, 'w').close()\n"
+                        "def build(num_classes, seed):\n  raise AssertionError('called')\n")
+    sys.path.insert(0, modules.full_path)
+    self.addCleanup(sys.path.remove, modules.full_path)
+    with open(os.path.join(copy, "config.json")) as config_file:
+      config = json.load(config_file)
+    config["model"]["name"] = "planted_model:build"
+    with open(os.path.join(copy, "config.json"), "w") as config_file:
+      json.dump(config, config_file)
+    out = os.path.join(self.create_tempdir().full_path, "export")
+    with self.assertRaisesRegex(global_model.ModelSourceError,
+                                "model.name is 'planted_model:build' there and "
+                                "'experiments.custom_model:create_model' in the version's record"):
+      global_model.export_model(copy, out)
+    self.assertFalse(os.path.exists(marker))
+    self.assertNotIn("planted_model", sys.modules)
+    self.assertFalse(os.path.exists(out))
+
 
 class WarmStartTest(absltest.TestCase):
 

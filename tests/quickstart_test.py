@@ -7,8 +7,8 @@ Any error in any cell fails the test; the notebook's own asserts check the inter
 resume and the comparison; this test checks what the notebook showed.
 """
 
+import glob
 import os
-import shutil
 import subprocess
 import sys
 
@@ -18,7 +18,9 @@ import nbformat
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NOTEBOOK = os.path.join(_REPO_ROOT, "experiments", "quickstart.ipynb")
-_PYTHON_312 = shutil.which("python3.12") or "/root/.pyenv/versions/3.12.1/bin/python3.12"
+# A real interpreter, not pyenv's shim (which runs only the versions pyenv has selected).
+_PYTHON_312 = (sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))
+               or ["/usr/bin/python3.12"])[-1]
 
 
 def _text(output) -> str:

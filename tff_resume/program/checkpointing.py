@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ _METADATA_FILE = "metadata.json"
 _MANIFEST_FILE = "MANIFEST.json"
 _VERSION_PATTERN = re.compile(r"^version_(\d+)$")
 _TEMPORARY_PREFIX = ".tmp-version_"
+_VERSION_FILES = frozenset({_STATE_FILE, _METADATA_FILE})  # What a manifest may name.
 _PYTHON_KINDS = {bool: "bool", int: "int", float: "float", str: "str", bytes: "bytes"}
 
 
@@ -57,9 +59,30 @@ class CheckpointWriteError(OSError):
   """A version could not be written (disk full, I/O error, read-only folder); nothing of it is left."""
 
 
+def _open_own_file(path: str, mode: str = "rb"):
+  """Opens a version's file for reading: a regular file, not a symbolic link (which could lead out
+  of the run folder), a FIFO or a device (which could block or never end).
+
+  Raises:
+    CorruptVersionError: it is a link or not a regular file; nothing was read.
+    OSError: it cannot be opened.
+  """
+  try:
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+  except OSError as error:
+    if error.errno == errno.ELOOP:
+      raise CorruptVersionError(f"{path} is a symbolic link; a version's files must be its own."
+                                ) from None
+    raise
+  if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+    os.close(descriptor)
+    raise CorruptVersionError(f"{path} is not a regular file.")
+  return os.fdopen(descriptor, mode)
+
+
 def _sha256(path: str) -> str:
   digest = hashlib.sha256()
-  with open(path, "rb") as data:
+  with _open_own_file(path) as data:
     for block in iter(lambda: data.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
@@ -187,9 +210,16 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
       raise tff.program.ProgramStateNotFoundError(version)
     if version in self._verified_manifests:
       return self._verified_manifests[version]
+    if os.path.islink(path):
+      raise CorruptVersionError(f"{path} is a symbolic link; a version's files must be its own.")
     try:
-      with open(manifest_path) as manifest_file:
+      with _open_own_file(manifest_path, "r") as manifest_file:
         manifest = json.load(manifest_file)
+      names = set(manifest["files"])
+      if _STATE_FILE not in names or not names <= _VERSION_FILES:
+        raise CorruptVersionError(
+            f"{manifest_path} names {sorted(names)}; a version holds {_STATE_FILE} and optionally "
+            f"{_METADATA_FILE}, nothing else.")
       for name, expected in manifest["files"].items():
         if _sha256(os.path.join(path, name)) != expected["sha256"]:
           raise CorruptVersionError(f"{os.path.join(path, name)} does not match its SHA-256.")
@@ -203,7 +233,8 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     manifest = self.verified_manifest(version)
     if _METADATA_FILE not in manifest["files"]:
       return None
-    with open(os.path.join(self.version_path(version), _METADATA_FILE)) as metadata_file:
+    with _open_own_file(os.path.join(self.version_path(version), _METADATA_FILE),
+                        "r") as metadata_file:
       return json.load(metadata_file)
 
   def latest_good_version(self) -> int | None:
@@ -238,7 +269,8 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     manifest = self.verified_manifest(version)
     path = self.version_path(version)
     try:
-      with np.load(os.path.join(path, _STATE_FILE), allow_pickle=False) as arrays:
+      with _open_own_file(os.path.join(path, _STATE_FILE)) as state_file, \
+          np.load(state_file, allow_pickle=False) as arrays:
         leaves = [arrays[f"leaf_{index}"] for index in range(len(manifest["leaf_kinds"]))]
     except (OSError, ValueError, KeyError) as error:
       raise CorruptVersionError(f"{path} is unreadable: {error}") from None

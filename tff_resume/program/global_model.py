@@ -89,6 +89,7 @@ def load_run_version(run_dir: str, version: int | None = None):
         f"{run_dir} has no checkpoint version {version}; it has {manager.versions()}.")
   record = manager.load_metadata(version)
   config = atomic_files.read_json(paths.config_json)
+  _check_config_matches_record(config, record, paths.config_json, version)
   model = models.create_keras_model(config["model"]["name"], _num_classes(config),
                                     config["training"]["seed"])
   variables = _ordered_variables(model)
@@ -102,6 +103,25 @@ def load_run_version(run_dir: str, version: int | None = None):
   for variable, array in zip(variables, arrays):
     variable.assign(array)
   return version, record, config, model
+
+
+def _check_config_matches_record(config: dict[str, Any], record: dict[str, Any], config_path: str,
+                                 version: int) -> None:
+  """Refuses a config.json that disagrees with the checkpoint's record on what builds the model: its
+  `model.name` may name code to import (`module:function`), so it is used only where the record,
+  checksummed with the state, agrees."""
+  fingerprint = record.get("fingerprint", {})
+  try:
+    used = {"model.name": config["model"]["name"], "data.only_digits": config["data"]["only_digits"],
+            "training.seed": config["training"]["seed"]}
+  except (KeyError, TypeError) as error:
+    raise ModelSourceError(f"{config_path} lacks {error}; it is not a run's config.") from None
+  for field, value in used.items():
+    if fingerprint.get(field) != value:
+      raise ModelSourceError(
+          f"{config_path} does not match checkpoint version {version}: {field} is {value!r} there "
+          f"and {fingerprint.get(field)!r} in the version's record; it is not trusted to build the "
+          "model. Restore the run's own config.json.")
 
 
 def export_model(run_dir: str, out_dir: str, version: int | None = None) -> dict[str, Any]:

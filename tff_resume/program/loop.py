@@ -238,6 +238,7 @@ class ResumableLoop:
       run_lock.RunLockedError: another process is running in `run_dir`; nothing was changed.
       fingerprint.FingerprintMismatchError: the run folder holds a run with other math.
       RunFolderError: the run folder cannot be written.
+      paths.NotOwnFileError: a file or folder the run writes is a symbolic link.
     """
     if total_rounds < 1:
       raise ValueError(f"total_rounds must be at least 1, got {total_rounds}.")
@@ -255,6 +256,7 @@ class ResumableLoop:
   def _train_holding_lock(self, total_rounds: int, stop: signals.StopRequest) -> dict[str, Any]:
     stop.raise_if_requested()
     run_dir = self.paths.run_dir
+    paths_lib.check_own_files(self.paths)
     lock = run_lock.RunLock(run_dir)
     created = not os.path.isdir(run_dir)
     try:

@@ -8,6 +8,10 @@ class InvalidExperimentNameError(ValueError):
   """An experiment name that is not one plain folder name."""
 
 
+class NotOwnFileError(ValueError):
+  """A path the run writes is a symbolic link (or a folder is not a folder) in the run folder."""
+
+
 def check_experiment_name(name: str) -> None:
   """Refuses a name that would not be one folder directly under the root.
 
@@ -68,3 +72,29 @@ class RunPaths:
   def from_run_dir(cls, run_dir: str) -> "RunPaths":
     run_dir = os.path.normpath(run_dir)
     return cls(os.path.dirname(run_dir), os.path.basename(run_dir))
+
+
+def check_own_files(paths: RunPaths) -> None:
+  """Refuses a run folder whose own files or folders are symbolic links (or folders that are files):
+  the run would read or write through them, possibly outside the run folder. Call before writing.
+
+  Raises:
+    NotOwnFileError: naming the first such path; nothing was changed.
+  """
+  run_dir = paths.run_dir
+  if not os.path.isdir(run_dir):
+    return
+  candidates = [os.path.join(run_dir, "run.lock"), paths.config_json, paths.progress_json,
+                paths.checkpoints, paths.results_dir, paths.metrics_csv, paths.participation_db,
+                os.path.join(paths.checkpoints, "history.sqlite")]
+  candidates += [os.path.join(run_dir, name) for name in sorted(os.listdir(run_dir))
+                 if name.startswith("events.out.tfevents.")]
+  for path in candidates:
+    if os.path.islink(path):
+      raise NotOwnFileError(
+          f"{path} is a symbolic link: a run writes only its own files, never through a link "
+          "(which may lead out of the run folder). Replace it with the file itself, or move the "
+          "run folder away; nothing was changed.")
+  for folder in (paths.checkpoints, paths.results_dir):
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise NotOwnFileError(f"{folder} is not a folder; move it away. Nothing was changed.")

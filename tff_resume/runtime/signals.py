@@ -31,6 +31,20 @@ class Interrupted(KeyboardInterrupt):
     self.rounds_done = rounds_done
 
 
+def _say(text: str) -> None:
+  """Writes to stderr from a signal handler; never raises (a notebook's stderr has no file
+  descriptor, and an exception here would surface in whatever the program was doing)."""
+  try:
+    # os.write, not print: a print here can interrupt a print of the main thread on the same
+    # stream and fail with "reentrant call".
+    os.write(sys.stderr.fileno(), text.encode())
+  except (OSError, ValueError, AttributeError):
+    try:
+      sys.stderr.write(text)
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
 class StopRequest:
   """Turns SIGINT and SIGTERM into a request to stop at the next safe point.
 
@@ -56,8 +70,7 @@ class StopRequest:
     name = signal.Signals(signal_number).name
     if self.requested:
       status = "" if self._in_process else f" Exit status {EXIT_CODE_INTERRUPTED}."
-      os.write(sys.stderr.fileno(), f"\n{name} received again: stopping now (the last saved "
-               f"version is intact).{status}\n".encode())
+      _say(f"\n{name} received again: stopping now (the last saved version is intact).{status}\n")
       if self._in_process:
         raise KeyboardInterrupt(f"{name} received twice")
       for cleanup in self._cleanups:
@@ -68,10 +81,8 @@ class StopRequest:
       os._exit(EXIT_CODE_INTERRUPTED)  # pylint: disable=protected-access
     self.requested = True
     self.signal_name = name
-    # os.write, not print: a print here can interrupt a print of the main thread on the same
-    # stream and fail with "reentrant call".
-    os.write(sys.stderr.fileno(), f"\n{name} received: stopping at the next safe point (after "
-             "the current round is saved; send it again to stop at once).\n".encode())
+    _say(f"\n{name} received: stopping at the next safe point (after the current round is saved; "
+         "send it again to stop at once).\n")
 
   def add_cleanup(self, cleanup) -> None:
     """Registers a callable to run before an immediate stop (a second signal)."""
