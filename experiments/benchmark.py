@@ -141,7 +141,8 @@ class Workload:
   def __init__(self, config):
     self.config = config
     self.train_data, _ = experiment.load_data(config)
-    self.process, aggregator = experiment.build_process(config)
+    aggregator = experiment.build_aggregator(config)
+    self.process = experiment.build_process(config, aggregator)
     self.communication = accounting.communication_cost(self.process, aggregator)
     self.initial_state = experiment.initial_state(config, self.process)
     # The runner's own sampling and datasets (a loop object only describes a run until it trains).

@@ -21,16 +21,17 @@ from tff_resume.program import history as history_lib
 from tff_resume.program import loop as loop_lib
 from tff_resume.program import participation
 from tff_resume.program import paths as paths_lib
+from tff_resume.program import run as run_lib
 from tff_resume.program import run_lock
 from tff_resume.runtime import signals
 
 EXIT_CODE_BAD_INPUT = 2
 EXIT_CODE_WRITE_FAILED = 74  # EX_IOERR: a disk full or failing; the last saved version is intact.
-USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, global_model.ModelSourceError,
-                fingerprint_lib.FingerprintMismatchError, checkpointing.NoGoodVersionError,
-                paths_lib.InvalidExperimentNameError, paths_lib.NotOwnFileError,
-                history_lib.HistoryMismatchError,
-                loop_lib.RunFolderError, loop_lib.VersionVanishedError)
+USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, emnist.NotEmnistError,
+               global_model.ModelSourceError, fingerprint_lib.FingerprintMismatchError,
+               checkpointing.NoGoodVersionError, paths_lib.InvalidExperimentNameError,
+               paths_lib.NotOwnFileError, history_lib.HistoryMismatchError,
+               loop_lib.RunFolderError, loop_lib.VersionVanishedError)
 
 
 
@@ -104,6 +105,12 @@ def parse_flags(argv, program: str = "run_emnist", default_root_output_dir: str 
       print(f"{program}: error: config file {config_file} not found; the configs are the files in "
             "configs/ (e.g. --config=configs/demo.py).", file=sys.stderr)
       sys.exit(EXIT_CODE_BAD_INPUT)
+    if config_file is not None:
+      try:  # Loaded once here so that a config that is not Python, or fails, is one line.
+        run_lib.load_config(arg.split("=", 1)[1])
+      except experiment.ConfigError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_CODE_BAD_INPUT)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as error:

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import os
 
 from absl.testing import absltest
 
@@ -42,3 +43,28 @@ class DataInspectTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class UnwritableOutTest(absltest.TestCase):
+
+  def test_an_out_folder_that_cannot_be_written_is_one_line_and_status_2(self):
+    """/proc refuses new files even to root, as a read-only mount would."""
+    for argv in (["export", self.create_tempdir().full_path, "--out", "/proc/tff_resume_out"],
+                 ["data", "import-leaf", "--src", self.create_tempdir().full_path, "--out",
+                  "/proc/tff_resume_out"]):
+      with self.subTest(argv[0]):
+        if argv[0] == "data":  # A LEAF folder with its two (empty-shard) splits.
+          for split in ("train", "test"):
+            os.makedirs(os.path.join(argv[3], split))
+            with open(os.path.join(argv[3], split, "all_data_0.json"), "w") as shard:
+              shard.write('{"users": [], "num_samples": [], "user_data": {}}')
+        else:
+          os.makedirs(os.path.join(argv[1], "checkpoints"))
+          with open(os.path.join(argv[1], "config.json"), "w") as config:
+            config.write("{}")
+        status, stdout, stderr = _run(*argv)
+        self.assertEqual(status, 2, stderr)
+        self.assertEqual(stdout, "")
+        self.assertLen(stderr.splitlines(), 1)
+        self.assertRegex(stderr, r"^tff-resume: error: cannot write /proc/\S*tff_resume_out\S*: .*"
+                         "choose another folder. Nothing was written.$")

@@ -152,7 +152,34 @@ class MalformedLeafTest(absltest.TestCase):
       leaf.import_leaf(leaf_dir, out_dir)
     for part in message_parts:
       self.assertIn(part, str(raised.exception))
-    self.assertEqual(os.listdir(out_dir), [])
+    self.assertFalse(os.path.exists(out_dir))  # A failed import leaves no empty --out behind.
+
+  def test_wrong_json_types_and_non_utf8_name_the_file(self):
+    shard = {"users": ["f1"], "num_samples": [1], "user_data": {"f1": {"x": [_image()], "y": [1]}}}
+    for change, message in (
+        ({"users": 5}, "'users' must be a list of writer ids"),
+        ({"num_samples": None}, "'num_samples' must be a list of counts"),
+        ({"num_samples": [True]}, "'num_samples' must be a list of counts"),
+        ({"user_data": []}, "'user_data' must be an object"),
+        ({"user_data": {"f1": {"x": None, "y": [1]}}}, "'x' and 'y' must be lists, got NoneType"),
+        ({"user_data": {"f1": {"x": [["0.5"] * 784], "y": [1]}}},
+         "pixel values are not all numbers (they read as <U3)"),
+        (None, "not UTF-8 text")):
+      with self.subTest(message):
+        leaf_dir = self.create_tempdir().full_path
+        out_dir = os.path.join(self.create_tempdir().full_path, "out")
+        _small_leaf(leaf_dir)
+        shard_path = os.path.join(leaf_dir, "train", "all_data_0.json")
+        with open(shard_path, "wb") as shard_file:
+          if change is None:
+            shard_file.write(b'{"users": ["f\xe9"]}')  # Latin-1, not UTF-8.
+          else:
+            shard_file.write(json.dumps({**shard, **change}).encode())
+        with self.assertRaises(leaf.LeafFormatError) as raised:
+          leaf.import_leaf(leaf_dir, out_dir)
+        self.assertStartsWith(str(raised.exception), shard_path)
+        self.assertIn(message, str(raised.exception))
+        self.assertFalse(os.path.exists(out_dir))
 
   def test_short_image_names_file_writer_and_index(self):
     self._assert_import_fails({"f0001_01": ([_image(), [1.0] * 783], [1, 2])},

@@ -84,8 +84,16 @@ class BadInputTest(absltest.TestCase):
 
   def test_unknown_preset(self):
     self._assert_refused(
-        "run_emnist: error: cannot load the config: unknown config preset 'tiny'; presets: smoke "
-        "(e.g. --config=configs/demo.py:smoke)", config="configs/demo.py:tiny")
+        "run_emnist: error: cannot load the config configs/demo.py:tiny: unknown config preset "
+        "'tiny'; presets: smoke (e.g. --config=configs/demo.py:smoke)", config="configs/demo.py:tiny")
+
+  def test_a_config_that_is_not_python(self):
+    folder = self.create_tempdir()
+    folder.create_file("config.json", '{"training": {"total_rounds": 3}}')
+    path = os.path.join(folder.full_path, "config.json")
+    self._assert_refused(
+        f"run_emnist: error: config file {path} is not a Python file: a config is a .py file whose "
+        "get_config() returns an ml_collections.ConfigDict (see configs/demo.py).", config=path)
 
   def test_missing_config_file(self):
     self._assert_refused(

@@ -4,6 +4,7 @@ saving, `train()` again resumes, and the result equals the command-line runner's
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,6 +108,15 @@ class RunTest(absltest.TestCase):
     with self.assertRaisesRegex(tff_resume.ConfigError, "should be of type <class 'int'>"):
       tff_resume.load_config(os.path.join(_REPO_ROOT, "configs/demo.py"),
                              {"client.epochs": "two"})
+    folder = self.create_tempdir()
+    for name, text, message in (
+        ("raises.py", "def get_config():\n  raise RuntimeError('boom')\n", "RuntimeError: boom"),
+        ("syntax.py", "def get_config(:\n", "SyntaxError: invalid syntax"),
+        ("dict.py", "def get_config():\n  return {}\n",
+         "get_config() returned dict, not an ml_collections.ConfigDict")):
+      path = folder.create_file(name, text).full_path
+      with self.assertRaisesRegex(tff_resume.ConfigError, re.escape(message)):
+        tff_resume.load_config(path)
     config = tff_resume.load_config(os.path.join(_REPO_ROOT, "configs/demo.py:smoke"),
                                     {"client.epochs": 3})
     self.assertEqual((config.client.epochs, config.data.source), (3, "synthetic"))

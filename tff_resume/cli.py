@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
               ("status", None): _status, ("export", None): _export}
   try:
     handlers[(args.command, getattr(args, "data_command", None))](args)
-  except (emnist.DataNotFoundError, leaf.LeafFormatError, FileExistsError, ValueError,
-          checkpointing.NoGoodVersionError, checkpointing.CorruptVersionError,
+  except (emnist.DataNotFoundError, emnist.NotEmnistError, leaf.LeafFormatError, FileExistsError,
+          ValueError, checkpointing.NoGoodVersionError, checkpointing.CorruptVersionError,
           checkpointing.VersionNotFoundError, participation.DatabaseError,
           history.HistoryMismatchError) as error:
     print(f"tff-resume: error: {error}", file=sys.stderr)
@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
   except run_lock.RunLockedError as error:
     print(f"tff-resume: {error}", file=sys.stderr)
     return signals.EXIT_CODE_INTERRUPTED
+  except OSError as error:  # E.g. an --out where nothing can be written.
+    where = f"{error.filename}: " if error.filename else ""
+    print(f"tff-resume: error: cannot write {where}{error.strerror or error}; choose another "
+          "folder. Nothing was written.", file=sys.stderr)
+    return EXIT_USAGE_ERROR
   return 0
 
 

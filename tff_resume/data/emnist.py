@@ -6,6 +6,7 @@ checks for the file first and fails at once with what to do instead.
 """
 
 import os
+import sqlite3
 
 import tensorflow_federated as tff
 
@@ -17,13 +18,49 @@ class DataNotFoundError(FileNotFoundError):
   """The federated EMNIST SQLite file is not where it was expected."""
 
 
+class NotEmnistError(ValueError):
+  """The file named as federated EMNIST is not TFF's EMNIST SQLite database."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_TABLES = ("client_metadata", "examples")  # What TFF's loader reads.
+
+
+def _check_emnist_database(path: str) -> None:
+  """Raises NotEmnistError unless `path` is an SQLite file with the tables TFF's loader reads."""
+  with open(path, "rb") as database:
+    header = database.read(len(_SQLITE_HEADER))
+  problem = None if header == _SQLITE_HEADER else "it is not an SQLite database"
+  if problem is None:
+    try:
+      connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+      try:
+        tables = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+      finally:
+        connection.close()
+      missing = [table for table in _TABLES if table not in tables]
+      problem = f"it lacks the table(s) {', '.join(missing)}" if missing else None
+    except sqlite3.DatabaseError as error:
+      problem = f"SQLite cannot read it ({error})"
+  if problem is not None:
+    raise NotEmnistError(
+        f"{path} is not federated EMNIST: {problem}. Replace it with TFF's {EMNIST_FILENAME}, or "
+        "a LEAF import (`tff-resume data import-leaf`).")
+
+
 def emnist_database_path(cache_dir: str | None = None) -> str:
   """Returns where TFF's loader looks for federated EMNIST under `cache_dir` (default `~/.tff`)."""
   return os.path.join(cache_dir or DEFAULT_CACHE_DIR, EMNIST_FILENAME)
 
 
 def require_emnist_database(cache_dir: str | None = None) -> str:
-  """Returns the path of the EMNIST SQLite file, or raises `DataNotFoundError` saying how to get one."""
+  """Returns the path of the EMNIST SQLite file.
+
+  Raises:
+    DataNotFoundError: it is missing (the message says how to get one).
+    NotEmnistError: it is not TFF's EMNIST SQLite database.
+  """
   path = emnist_database_path(cache_dir)
   if not os.path.isfile(path):
     raise DataNotFoundError(
@@ -31,6 +68,7 @@ def require_emnist_database(cache_dir: str | None = None) -> str:
         f"{EMNIST_FILENAME} (decompressed from emnist_all.sqlite.lzma) there; or import LEAF FEMNIST "
         f"with `tff-resume data import-leaf --src LEAF_DIR --out {os.path.dirname(path)}`; or use "
         "the synthetic dataset (data.source=synthetic).")
+  _check_emnist_database(path)
   return path
 
 
@@ -47,6 +85,7 @@ def load_emnist(only_digits: bool, cache_dir: str | None = None):
 
   Raises:
     DataNotFoundError: the file is missing.
+    NotEmnistError: the file is not TFF's EMNIST SQLite database.
   """
   path = require_emnist_database(cache_dir)
   return tff.simulation.datasets.emnist.load_data(

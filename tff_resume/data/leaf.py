@@ -72,6 +72,9 @@ def _validate_writer(path: str, writer: str, count, data) -> WriterRecords:
   if not isinstance(data, dict) or "x" not in data or "y" not in data:
     raise LeafFormatError(f"{where}: user_data entry needs 'x' and 'y'.")
   xs, ys = data["x"], data["y"]
+  if not isinstance(xs, list) or not isinstance(ys, list):
+    raise LeafFormatError(f"{where}: 'x' and 'y' must be lists, got {type(xs).__name__} and "
+                          f"{type(ys).__name__}.")
   if len(xs) != count or len(ys) != count:
     raise LeafFormatError(
         f"{where}: num_samples says {count} but there are {len(xs)} images and {len(ys)} labels.")
@@ -82,7 +85,10 @@ def _validate_writer(path: str, writer: str, count, data) -> WriterRecords:
     if isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < NUM_CLASSES:
       raise LeafFormatError(f"{where}, index {index}: label {y!r} is not an integer in 0..61.")
   try:
-    pixels = np.asarray(xs, dtype=np.float32).reshape(count, PIXELS_PER_IMAGE)
+    pixels = np.asarray(xs)
+    if pixels.dtype.kind not in "iuf":  # Strings, booleans, nulls or a mix: not pixel values.
+      raise ValueError(f"they read as {pixels.dtype}")
+    pixels = pixels.astype(np.float32).reshape(count, PIXELS_PER_IMAGE)
   except (TypeError, ValueError) as error:
     raise LeafFormatError(f"{where}: pixel values are not all numbers ({error}).") from None
   outside = np.flatnonzero(~((pixels >= 0.0) & (pixels <= 1.0)).all(axis=1))
@@ -100,13 +106,22 @@ def read_shard(path: str) -> Iterator[WriterRecords]:
     LeafFormatError: naming the file, and the writer and index where there is one.
   """
   try:
-    with open(path) as shard_file:
+    with open(path, encoding="utf-8") as shard_file:
       shard = json.load(shard_file)
+  except UnicodeDecodeError as error:
+    raise LeafFormatError(f"{path}: not UTF-8 text, so not JSON ({error}).") from None
   except (OSError, json.JSONDecodeError) as error:
     raise LeafFormatError(f"{path}: not readable as JSON ({error}).") from None
   if not isinstance(shard, dict) or not {"users", "num_samples", "user_data"} <= shard.keys():
     raise LeafFormatError(f"{path}: a LEAF shard needs 'users', 'num_samples' and 'user_data'.")
   users, counts, user_data = shard["users"], shard["num_samples"], shard["user_data"]
+  if not (isinstance(users, list) and all(isinstance(user, str) for user in users)):
+    raise LeafFormatError(f"{path}: 'users' must be a list of writer ids (strings).")
+  if not (isinstance(counts, list) and all(
+      isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts)):
+    raise LeafFormatError(f"{path}: 'num_samples' must be a list of counts (integers, 0 or more).")
+  if not isinstance(user_data, dict):
+    raise LeafFormatError(f"{path}: 'user_data' must be an object keyed by writer id.")
   if len(users) != len(counts):
     raise LeafFormatError(f"{path}: {len(users)} users but {len(counts)} num_samples entries.")
   if len(set(users)) != len(users):
@@ -201,6 +216,7 @@ def import_leaf(leaf_dir: str, out_dir: str,
     raise FileExistsError(f"{final_path} already exists; remove it or choose another --out.")
   for split in LEAF_SPLITS:
     shard_paths(leaf_dir, split)
+  created = not os.path.isdir(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   remove_stale_temporary_files(out_dir)
   temporary_path = os.path.join(out_dir, f"{_TEMPORARY_PREFIX}{os.getpid()}-{emnist.EMNIST_FILENAME}")
@@ -225,6 +241,8 @@ def import_leaf(leaf_dir: str, out_dir: str,
   except BaseException:
     if os.path.exists(temporary_path):
       os.remove(temporary_path)
+    if created and not os.listdir(out_dir):
+      os.rmdir(out_dir)  # A failed import leaves no empty --out behind.
     raise
   directory = os.open(out_dir, os.O_RDONLY)
   try:

@@ -4,6 +4,8 @@ The runner calls these in a fixed order: validate, data, preprocessing, process,
 Nothing here reads flags. Configuration sections and fields are documented in the README.
 """
 
+import math
+
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -14,6 +16,7 @@ from tff_resume.learning import aggregators
 from tff_resume.learning import algorithms
 from tff_resume.learning import models
 from tff_resume.program import checkpointing
+from tff_resume.program import fingerprint
 from tff_resume.program import global_model
 from tff_resume.program import training
 
@@ -59,14 +62,29 @@ def aggregator_spec(config) -> aggregators.AggregatorSpec:
       clients_per_round=config.training.clients_per_round)
 
 
+def _check_numbers(config) -> None:
+  """Every number of the config is finite and not negative (none has a meaning below 0)."""
+  for field, value in fingerprint.flatten_config(config).items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    _require(math.isfinite(value), field, f"must be a finite number, got {value}.")
+    _require(value >= 0, field, f"must be 0 or more, got {value}.")
+
+
 def validate(config) -> None:
   """Checks every value that does not need the data; raises ConfigError naming the field."""
+  _check_numbers(config)
   _require(config.data.source in DATA_SOURCES, "data.source",
            f"must be one of {', '.join(DATA_SOURCES)}, got {config.data.source!r}.")
   try:
     models.check_model_name(config.model.name)
+    if models.is_custom(config.model.name):  # Built once now: it must return a Keras model.
+      models.create_keras_model(config.model.name, num_classes(config), config.training.seed)
   except models.UnknownModelError as error:
     raise ConfigError(f"config.model.name: {error}") from None
+  except Exception as error:  # pylint: disable=broad-except
+    raise ConfigError(f"config.model.name: {config.model.name} failed: "
+                      f"{type(error).__name__}: {error}") from None
   if config.model.initial_weights:
     initial_model_weights(config)  # Checks the source and every shape now, before any work.
   for field in ("training.total_rounds", "training.clients_per_round",
@@ -120,14 +138,18 @@ def server_optimizer_spec(config) -> algorithms.ServerOptimizerSpec:
                                     momentum=server.momentum, **settings)
 
 
-def build_process(config):
-  """Returns (the FedAvg or FedProx process, the model-update aggregator it was built with)."""
-  aggregator = aggregators.build_aggregator(aggregator_spec(config))
-  process = algorithms.build_algorithm(
+def build_aggregator(config):
+  """The model-update aggregator `aggregator.*` describes (a `tff.aggregators` factory)."""
+  return aggregators.build_aggregator(aggregator_spec(config))
+
+
+def build_process(config, aggregator=None):
+  """Returns the FedAvg or FedProx process, built with `aggregator` (default `build_aggregator`)."""
+  return algorithms.build_algorithm(
       _model_fn(config), client_learning_rate=config.client.learning_rate,
       server=server_optimizer_spec(config), algorithm=config.algorithm.name,
-      proximal_strength=config.algorithm.proximal_strength, model_aggregator=aggregator)
-  return process, aggregator
+      proximal_strength=config.algorithm.proximal_strength,
+      model_aggregator=aggregator if aggregator is not None else build_aggregator(config))
 
 
 def initial_model_weights(config):
@@ -177,18 +199,20 @@ def client_example_counter(config, train):
 
 def build_evaluation(config, test_data):
   """Returns evaluate(model_weights) -> {'evaluation/<metric>': value}, with TFF's federated
-  evaluation (`tff.learning.algorithms.build_fed_eval`) over the test clients, in stored order."""
+  evaluation (`tff.learning.algorithms.build_fed_eval`) over the test clients, in stored order; the
+  evaluation process is built at the first call (a start that never evaluates never builds it)."""
   spec = preprocess_spec(config)
-  evaluation = tff.learning.algorithms.build_fed_eval(_model_fn(config))
   client_ids = sorted(test_data.client_ids)[:config.evaluation.max_clients or None]
-  initial, datasets = [], []  # At the first evaluation, not at start (start-up must not grow).
+  built, datasets = [], []  # At the first evaluation, not at start (start-up must not grow).
 
   def evaluate(model_weights):
-    if not initial:
-      initial.append(evaluation.initialize())
+    if not built:
+      evaluation = tff.learning.algorithms.build_fed_eval(_model_fn(config))
+      built.extend((evaluation, evaluation.initialize()))
       datasets.extend(preprocessing.preprocess_for_evaluation(
           test_data.create_tf_dataset_for_client(client_id), spec) for client_id in client_ids)
-    output = evaluation.next(evaluation.set_model_weights(initial[0], model_weights), datasets)
+    evaluation, initial = built
+    output = evaluation.next(evaluation.set_model_weights(initial, model_weights), datasets)
     return training.flatten_metrics(
         output.metrics["client_work"]["eval"]["current_round_metrics"], "evaluation/")
 

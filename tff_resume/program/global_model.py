@@ -127,13 +127,32 @@ def _check_config_matches_record(config: dict[str, Any], record: dict[str, Any],
 def export_model(run_dir: str, out_dir: str, version: int | None = None) -> dict[str, Any]:
   """Exports a version's global model (default: the newest good one) to `out_dir`; returns metadata.
 
-  The folder is written beside `out_dir` and renamed into place when complete.
+  The folder is written beside `out_dir` (first, so an unwritable place fails before any work) and
+  renamed into place when complete; a failed export leaves nothing.
 
   Raises:
     ModelSourceError: `out_dir` exists and is not empty, or the run or version cannot be read.
+    OSError: `out_dir` cannot be written.
   """
   if os.path.isdir(out_dir) and os.listdir(out_dir) or os.path.isfile(out_dir):
     raise ModelSourceError(f"{out_dir} exists and is not empty; choose a new --out folder.")
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  temporary = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{os.getpid()}")
+  shutil.rmtree(temporary, ignore_errors=True)
+  os.makedirs(temporary)
+  try:
+    metadata = _write_export(run_dir, temporary, version)
+    if os.path.isdir(out_dir):
+      os.rmdir(out_dir)  # Empty, checked above.
+    os.rename(temporary, out_dir)
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)
+  return metadata
+
+
+def _write_export(run_dir: str, folder: str, version: int | None) -> dict[str, Any]:
+  """Writes the export of `version` of `run_dir` into `folder`; returns its metadata."""
   version, record, config, model = load_run_version(run_dir, version)
   with bookkeeping.VersionHistory(paths_lib.RunPaths.from_run_dir(run_dir).checkpoints,
                                   record) as recorded:
@@ -158,21 +177,10 @@ def export_model(run_dir: str, out_dir: str, version: int | None = None) -> dict
                    "dtype": str(array.dtype)}
                   for index, (variable, array) in enumerate(zip(model.weights, weights))],
   }
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  temporary = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{os.getpid()}")
-  shutil.rmtree(temporary, ignore_errors=True)
-  os.makedirs(temporary)
-  try:
-    model.save(os.path.join(temporary, MODEL_FILE))
-    with open(os.path.join(temporary, WEIGHTS_FILE), "wb") as weights_file:
-      np.savez(weights_file, **{f"w{index:03d}": array for index, array in enumerate(weights)})
-    atomic_files.write_json_atomically(os.path.join(temporary, METADATA_FILE), metadata)
-    if os.path.isdir(out_dir):
-      os.rmdir(out_dir)  # Empty, checked above.
-    os.rename(temporary, out_dir)
-  finally:
-    shutil.rmtree(temporary, ignore_errors=True)
+  model.save(os.path.join(folder, MODEL_FILE))
+  with open(os.path.join(folder, WEIGHTS_FILE), "wb") as weights_file:
+    np.savez(weights_file, **{f"w{index:03d}": array for index, array in enumerate(weights)})
+  atomic_files.write_json_atomically(os.path.join(folder, METADATA_FILE), metadata)
   return metadata
 
 

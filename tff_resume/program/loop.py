@@ -140,7 +140,9 @@ class ResumableLoop:
     Args:
       process: a `tff.learning.templates.LearningProcess`, or a `tff.templates.IterativeProcess`
         whose `next(state, client_datasets)` returns its new state and metrics as a pair (then give
-        `model_weights_fn`, or the whole state is hashed).
+        `model_weights_fn`, or the whole state is hashed); or a function returning one, called
+        only when a start trains (a refused or complete run then builds nothing; give
+        `fingerprint`).
       client_data: a `tff.simulation.datasets.ClientData`: its `client_ids` are sampled from.
       run_dir: the run's folder (created; checkpoints, history, TensorBoard and results go there).
       clients_per_round: clients sampled each round, without replacement.
@@ -169,19 +171,18 @@ class ResumableLoop:
         False uses the execution context already installed.
       verbose: let the worker print.
     """
-    self.process, self.client_data = process, client_data
+    self._process, self.client_data = process, client_data
+    self._aggregator, self._communication = aggregator, None
     self.paths = paths_lib.RunPaths.from_run_dir(run_dir)
     self.clients_per_round, self.seed = clients_per_round, seed
     self._preprocess = preprocess
     self._initial_state, self._model_weights_fn = initial_state, model_weights_fn
-    self._communication = (None if aggregator is None
-                           else accounting.communication_cost(process, aggregator))
     self._evaluate, self.rounds_per_eval = evaluate, rounds_per_eval
     self.rounds_per_checkpoint = rounds_per_checkpoint
     self._retention = {"keep_total": keep_total, "keep_first": keep_first,
                        "keep_every_k": keep_every_k}
     self.fingerprint = dict(fingerprint if fingerprint is not None else default_fingerprint(
-        process, client_data.client_ids, clients_per_round, seed))
+        self.process, client_data.client_ids, clients_per_round, seed))
     self._hyperparameters = dict(hyperparameters if hyperparameters is not None
                                  else {k: str(v) for k, v in self.fingerprint.items()})
     self._config = config
@@ -192,6 +193,18 @@ class ResumableLoop:
   @property
   def run_dir(self) -> str:
     return self.paths.run_dir
+
+  @property
+  def process(self):
+    """The process (built on first use when a function was given)."""
+    if not (hasattr(self._process, "next") and hasattr(self._process, "initialize")):
+      self._process = self._process()
+    return self._process
+
+  def _communication_cost(self) -> accounting.CommunicationCost | None:
+    if self._aggregator is not None and self._communication is None:
+      self._communication = accounting.communication_cost(self.process, self._aggregator)
+    return self._communication
 
   def model_weights(self, state) -> Any:
     if self._model_weights_fn is not None:
@@ -348,7 +361,7 @@ class ResumableLoop:
 
     _, stopped = training.train(
         process=self.process, state=state, book=book, total_rounds=total_rounds,
-        rounds_per_checkpoint=self.rounds_per_checkpoint, communication=self._communication,
+        rounds_per_checkpoint=self.rounds_per_checkpoint, communication=self._communication_cost(),
         evaluate=(None if self._evaluate is None
                   else lambda state: self._evaluate(self.model_weights(state))),
         rounds_per_eval=self.rounds_per_eval, select_clients=self.select_clients,

@@ -67,7 +67,13 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None
     module = _load_config_module(path)
     config = module.get_config(preset) if preset else module.get_config()
   except Exception as error:  # pylint: disable=broad-except
-    raise ConfigError(f"cannot load the config {spec}: {type(error).__name__}: {error}") from None
+    detail = f"{type(error).__name__}: {error}"
+    if type(error) is ValueError:  # pylint: disable=unidiomatic-typecheck
+      detail = str(error)  # The presets' own message names the presets.
+    raise ConfigError(f"cannot load the config {spec}: {detail}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"the config {spec}: get_config() returned {type(config).__name__}, not an "
+                      "ml_collections.ConfigDict.")
   config.lock()
   try:
     config.update_from_flattened_dict(dict(overrides or {}))
@@ -104,7 +110,8 @@ class Run:
     return self.paths.run_dir
 
   def loop(self, stop: signals.StopRequest | None = None) -> loop_lib.ResumableLoop:
-    """Checks the config, loads the data and builds the process; returns the run's loop.
+    """Checks the config and opens the data; returns the run's loop (which builds the process and
+    the evaluation only when a start trains and evaluates).
 
     Raises:
       ConfigError, emnist.DataNotFoundError, global_model.ModelSourceError: bad input.
@@ -117,9 +124,9 @@ class Run:
     experiment.check_population(config, train_data)
     if stop is not None:
       stop.raise_if_requested()
-    process, aggregator = experiment.build_process(config)
+    aggregator = experiment.build_aggregator(config)
     return loop_lib.ResumableLoop(
-        process, train_data, run_dir=self.run_dir,
+        lambda: experiment.build_process(config, aggregator), train_data, run_dir=self.run_dir,
         clients_per_round=config.training.clients_per_round, seed=config.training.seed,
         preprocess=experiment.preprocess_fn(config),
         initial_state=lambda process: experiment.initial_state(config, process),
