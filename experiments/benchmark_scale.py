@@ -288,10 +288,11 @@ def long_run_overrides(quick: bool) -> dict:
 def bench_long_run(scratch: str, quick: bool) -> dict:
   """One linear run of 1,000 rounds: memory at rounds 50, 500 and 1,000; versions 50 and 1,000."""
   first, middle, last = long_run_points(quick)
-  overrides = long_run_overrides(quick)
+  # One round more than watched: at its last round a run stops its worker, which the watch could miss.
+  overrides = {**long_run_overrides(quick), "training.total_rounds": last + 1}
   _log(f"long_run: {last} linear rounds")
   seen = measure.watch_runner(measure.runner_command(scratch, "long_run", overrides),
-                              [first, middle, last], last, wait_for_exit=True)
+                              [first, middle, last], last + 1)
   checkpoints = os.path.join(scratch, "long_run", "checkpoints")
 
   def version_bytes(version):

@@ -13,6 +13,7 @@ from absl.testing import absltest
 
 from experiments import chaos
 from experiments import tensorboard_server
+from tff_resume.program import checkpointing
 from tff_resume.program import metrics_release
 from tff_resume.program import paths
 from tff_resume.program import run_lock
@@ -139,6 +140,25 @@ class RunnerFaultsTest(absltest.TestCase):
                      "the same command again to resume. Exit status 75.")
     self.assertNotIn("Traceback", stderr)
     self.assertFalse(os.path.exists(os.path.join(self.root, "early")))
+
+  def test_a_second_sigint_stops_at_once_with_75_no_traceback_and_the_saved_versions_intact(self):
+    runner = subprocess.Popen(_command(self.root, "twice"), cwd=_REPO_ROOT, env=_ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in runner.stdout:
+      if line.startswith("round "):  # Training: the second signal lands inside a later round.
+        runner.send_signal(signal.SIGINT)
+        runner.send_signal(signal.SIGINT)
+        break
+    stdout, stderr = runner.communicate(timeout=120)
+    self.assertEqual(runner.returncode, 75, stderr)
+    self.assertEqual(stderr.strip().splitlines()[-1],
+                     "SIGINT received again: stopping now (the last saved version is intact). "
+                     "Exit status 75.")
+    self.assertNotIn("Traceback", stderr)
+    self.assertNotIn("Done:", stdout)
+    checkpoints = os.path.join(self.root, "twice", "checkpoints")
+    self.assertEmpty([name for name in os.listdir(checkpoints) if name.startswith(".tmp-")])
+    self.assertIsNotNone(checkpointing.DurableProgramStateManager(checkpoints).latest_good_version())
 
   def _full_disk(self):
     """A 16 MiB tmpfs of its own (as root), or None where mounting is not allowed."""
