@@ -298,7 +298,7 @@ class ResumableLoop:
       if record.rounds_done >= total_rounds:
         print(f"Run {paths.run_dir} is complete: {record.rounds_done} rounds done, "
               f"{total_rounds} asked for. Nothing to do "
-              "(raise --config.training.total_rounds to extend it).")
+              "(ask for more rounds to extend it: --config.training.total_rounds).")
         return dict(record.last_metrics)
     stop.raise_if_requested()
     with contextlib.ExitStack() as stack:
