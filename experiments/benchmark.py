@@ -147,7 +147,8 @@ class Workload:
     self.initial_state = experiment.initial_state(config, self.process)
     # The runner's own sampling and datasets (a loop object only describes a run until it trains).
     clients = loop_lib.ResumableLoop(
-        self.process, self.train_data, run_dir="unused", preprocess=experiment.preprocess_fn(config),
+        self.process, self.train_data, run_dir="unused",
+        preprocess=experiment.preprocess_fn(config),
         clients_per_round=config.training.clients_per_round, seed=config.training.seed,
         fingerprint={})
     self.select_clients, self.client_datasets = clients.select_clients, clients.client_datasets
@@ -183,7 +184,8 @@ class RunnerLoop:
     history, _ = bookkeeping.open_history(manager, None, None, None, paths.progress_json)
     self._book = bookkeeping.Bookkeeping(
         paths, manager, record, history,
-        experiment.client_example_counter(config, workload.train_data),
+        loop_lib.counted_examples(workload.train_data,
+                                  config.client.max_examples_per_client or None),
         fingerprint_lib.flatten_config(config))
     self._state = workload.initial_state
     self.checkpoint_seconds = []

@@ -97,7 +97,7 @@ class _LongRun:
     rounds = [self.round(round_num) for round_num in range(1, rounds_done + 1)]
     chain = _write_logs(self.paths, rounds, lambda client_id: _EXAMPLES_PER_CLIENT)
     self.record = run_record.new_record(fingerprint_lib.compute_fingerprint(config),
-                                    experiment.seeds(config), config.training.total_rounds)
+                                        experiment.seeds(config), config.training.total_rounds)
     self.record.rounds_done, self.record.history_sha256 = rounds_done, chain
     self.record.last_metrics = rounds[-1][1]
     self.state = workload.bare_state

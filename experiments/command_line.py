@@ -34,7 +34,6 @@ USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, emnist.NotEmnis
                loop_lib.RunFolderError, loop_lib.VersionVanishedError)
 
 
-
 def exit_status(program: str, train: Callable[[], object]) -> int:
   """Calls `train()`; returns the exit status, after one line on stderr for what went wrong."""
   try:
@@ -117,14 +116,8 @@ def parse_flags(argv, program: str = "run_emnist", default_root_output_dir: str 
     # ml_collections raises these for an override of a field the config does not have.
     field = str(error).strip("\"'")
     problem = f"unknown config field '{field}'"
-  except (flags.Error, TypeError, ValueError) as error:
+  except (flags.Error, TypeError, ValueError) as error:  # The config file loaded above.
     problem = str(error)
-    if "Error whilst parsing config file" in problem:
-      # ml_collections folds the config file's own error into a traceback text: keep its last line.
-      last_line = problem.strip().splitlines()[-1]
-      print(f"{program}: error: cannot load the config: {last_line.split(': ', 1)[-1]}",
-            file=sys.stderr)
-      sys.exit(EXIT_CODE_BAD_INPUT)
   print(f"{program}: error: {problem}; config fields are listed in the README, flags in "
         "--helpfull.", file=sys.stderr)
   sys.exit(EXIT_CODE_BAD_INPUT)

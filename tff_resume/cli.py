@@ -15,7 +15,6 @@ import os
 import sys
 
 from tff_resume.runtime import local_worker
-
 from tff_resume.runtime import signals
 
 EXIT_USAGE_ERROR = 2
@@ -101,8 +100,8 @@ def _inspect(args) -> None:
 
 
 def _status(args) -> None:
-  from tff_resume.program import units  # pylint: disable=g-import-not-at-top
   from tff_resume.program import status as status_lib  # pylint: disable=g-import-not-at-top
+  from tff_resume.program import units  # pylint: disable=g-import-not-at-top
 
   status = status_lib.run_status(args.run_dir, round_num=args.round_num, client_id=args.client_id,
                                  coverage=args.coverage)

@@ -1,7 +1,7 @@
 """Builds a FedAvg-on-EMNIST experiment from a configuration (an `ml_collections.ConfigDict`).
 
-The runner calls these in a fixed order: validate, data, preprocessing, process, client functions.
-Nothing here reads flags. Configuration sections and fields are documented in the README.
+`run.Run` calls these in a fixed order: validate, data, aggregator, process (when a start trains),
+evaluation. Nothing here reads flags. Configuration sections and fields are documented in the README.
 """
 
 import math
@@ -92,15 +92,10 @@ def validate(config) -> None:
     section, name = field.split(".")
     value = config[section][name]
     _require(value >= 1, field, f"must be at least 1, got {value}.")
-  for field in ("evaluation.rounds_per_eval", "evaluation.max_clients"):
-    section, name = field.split(".")
-    _require(config[section][name] >= 0, field, f"must be 0 or more, got {config[section][name]}.")
   _require(config.client.learning_rate > 0, "client.learning_rate",
            f"must be above 0, got {config.client.learning_rate}.")
   _require(config.algorithm.name in algorithms.ALGORITHMS, "algorithm.name",
            f"must be one of {', '.join(algorithms.ALGORITHMS)}, got {config.algorithm.name!r}.")
-  _require(config.algorithm.proximal_strength >= 0, "algorithm.proximal_strength",
-           f"must be 0 or more, got {config.algorithm.proximal_strength}.")
   try:
     aggregators.build_aggregator(aggregator_spec(config))
     server_optimizer_spec(config).validate()
@@ -135,7 +130,7 @@ def server_optimizer_spec(config) -> algorithms.ServerOptimizerSpec:
   name = server.optimizer
   settings = server[name].to_dict() if name in server and name != "sgd" else {}
   return algorithms.ServerOptimizerSpec(name=name, learning_rate=server.learning_rate,
-                                    momentum=server.momentum, **settings)
+                                        momentum=server.momentum, **settings)
 
 
 def build_aggregator(config):
@@ -165,7 +160,8 @@ def initial_state(config, process):
   """The state before round 1: the warm start's weights, or the model's seeded initial weights."""
   if config.model.initial_weights:
     return process.set_model_weights(process.initialize(), initial_model_weights(config))
-  return algorithms.initialize(process, config.model.name, num_classes(config), config.training.seed)
+  return algorithms.initialize(process, config.model.name, num_classes(config),
+                               config.training.seed)
 
 
 def preprocess_fn(config):
@@ -179,22 +175,6 @@ def preprocess_fn(config):
                                                  client_id=client_id)
 
   return preprocess
-
-
-def client_example_counter(config, train):
-  """Returns examples(client_id): the client's training examples per local epoch (after
-  `client.max_examples_per_client`), counted once per client and remembered."""
-  counts = {}
-  limit = config.client.max_examples_per_client or None
-
-  def examples(client_id):
-    if client_id not in counts:
-      dataset = train.create_tf_dataset_for_client(client_id)
-      total = int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
-      counts[client_id] = min(total, limit) if limit else total
-    return counts[client_id]
-
-  return examples
 
 
 def build_evaluation(config, test_data):

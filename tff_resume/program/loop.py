@@ -50,11 +50,6 @@ class VersionVanishedError(Exception):
   """A checkpoint version was removed by something else between listing and loading it."""
 
 
-def _state_sha256(state: Any) -> str:
-  """SHA-256 over the raw bytes of every array of a state, in `tf.nest` order."""
-  return global_model.weights_sha256([np.asarray(leaf) for leaf in tf.nest.flatten(state)])
-
-
 def default_fingerprint(process, client_ids, clients_per_round: int, seed: int) -> dict[str, Any]:
   """What changes the math of a loop not described by a config: the process's types, the sampling
   settings and the client population (a SHA-256 of the sorted ids)."""
@@ -64,14 +59,16 @@ def default_fingerprint(process, client_ids, clients_per_round: int, seed: int) 
           "client_data.num_clients": len(client_ids), "client_data.client_ids_sha256": population}
 
 
-def counted_examples(client_data) -> Callable[[str], int]:
-  """Returns examples(client_id): the elements of the client's dataset, counted once."""
+def counted_examples(client_data, limit: int | None = None) -> Callable[[str], int]:
+  """Returns examples(client_id): the elements of the client's dataset (at most `limit`), counted
+  once per client and remembered."""
   counts = {}
 
   def examples(client_id: str) -> int:
     if client_id not in counts:
       dataset = client_data.create_tf_dataset_for_client(client_id)
-      counts[client_id] = int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+      total = int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+      counts[client_id] = min(total, limit) if limit else total
     return counts[client_id]
 
   return examples
@@ -212,12 +209,15 @@ class ResumableLoop:
     return training.global_model_weights(self.process, state)
 
   def _weights_sha256(self, state) -> str:
+    """SHA-256 of the model weights (trainable, then non-trainable); of every array of the state,
+    in `tf.nest` order, when the process has no model weights to read."""
     if self._model_weights_fn is None and not hasattr(self.process, "get_model_weights"):
-      return _state_sha256(state)
-    weights = self.model_weights(state)
-    if hasattr(weights, "trainable"):
-      weights = list(weights.trainable) + list(weights.non_trainable)
-    return global_model.weights_sha256([np.asarray(array) for array in weights])
+      arrays = tf.nest.flatten(state)
+    else:
+      arrays = self.model_weights(state)
+      if hasattr(arrays, "trainable"):
+        arrays = list(arrays.trainable) + list(arrays.non_trainable)
+    return global_model.weights_sha256([np.asarray(array) for array in arrays])
 
   def select_clients(self, round_num: int) -> list[str]:
     """The clients of round `round_num`: a pure function of (seed, round, client ids)."""
