@@ -83,4 +83,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.checkpoint.keep_total = 5  # 0 keeps every version.
   config.checkpoint.keep_first = True
   config.checkpoint.keep_every_k = 1
+
+  config.runtime = ml_collections.ConfigDict()
+  config.runtime.workers = ""  # "" a local worker; else host:port,host:port of `tff-resume worker`s.
+  config.runtime.num_subrounds = 0  # Split a round's clients into this many merged groups; 0: don't.
+  config.runtime.connect_timeout_seconds = 15.0  # How long a start waits for runtime.workers.
   return presets.apply(config, preset)

@@ -3,7 +3,8 @@ line on stderr and an exit status.
 
 Exit statuses: 0 done (or already complete), 2 bad input (one line, nothing changed), 74 a write
 failed (disk full, I/O error; the last saved version is intact), 75 stopped by SIGINT/SIGTERM at a
-safe point, or the run folder is held by another process (run the same command again).
+safe point, the run folder is held by another process, or a TFF worker (runtime.workers) is down or
+failed mid-round (run the same command again).
 """
 
 import os
@@ -24,6 +25,7 @@ from tff_resume.program import paths as paths_lib
 from tff_resume.program import run as run_lib
 from tff_resume.program import run_lock
 from tff_resume.runtime import signals
+from tff_resume.runtime import workers
 
 EXIT_CODE_BAD_INPUT = 2
 EXIT_CODE_WRITE_FAILED = 74  # EX_IOERR: a disk full or failing; the last saved version is intact.
@@ -31,7 +33,8 @@ USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, emnist.NotEmnis
                global_model.ModelSourceError, fingerprint_lib.FingerprintMismatchError,
                checkpointing.NoGoodVersionError, paths_lib.InvalidExperimentNameError,
                paths_lib.NotOwnFileError, history_lib.HistoryMismatchError,
-               loop_lib.RunFolderError, loop_lib.VersionVanishedError)
+               loop_lib.RunFolderError, loop_lib.VersionVanishedError,
+               workers.NotSplittableError)
 
 
 def exit_status(program: str, train: Callable[[], object]) -> int:
@@ -48,6 +51,13 @@ def exit_status(program: str, train: Callable[[], object]) -> int:
     return signals.EXIT_CODE_INTERRUPTED
   except run_lock.RunLockedError as error:
     print(f"{program}: {error} Exit status {signals.EXIT_CODE_INTERRUPTED}.", file=sys.stderr)
+    return signals.EXIT_CODE_INTERRUPTED
+  except workers.WorkerError as error:
+    # A round is saved only once computed: a lost worker leaves the last completed round newest.
+    lost = (" Nothing of the round in progress was saved; when the worker is back, run the same "
+            "command again to resume." if isinstance(error, workers.WorkerLostError) else "")
+    print(f"{program}: {error}{lost} Exit status {signals.EXIT_CODE_INTERRUPTED}.",
+          file=sys.stderr)
     return signals.EXIT_CODE_INTERRUPTED
   except USER_ERRORS as error:
     print(f"{program}: error: {error}", file=sys.stderr)

@@ -7,12 +7,14 @@ Any config field can be overridden, e.g. `--config.training.total_rounds=20`. Wr
 `ROOT/NAME/config.json` and checkpoints under `ROOT/NAME/checkpoints/` after every round (see the
 README). It is a thin shell over the Python API (`tff_resume.Run`). Exit status: 0 done (or already
 complete), 2 bad input (one line on stderr, nothing changed), 74 a write failed (the last saved version
-is intact), 75 stopped by SIGINT/SIGTERM after saving the last completed round, or the run folder is
-in use (run the command again to resume).
+is intact), 75 stopped by SIGINT/SIGTERM after saving the last completed round, the run folder is in
+use, or a TFF worker of `runtime.workers` is down or failed mid-round (run the same command again to
+resume).
 """
 
 import sys
 
+from tff_resume.program import config_files
 from tff_resume.runtime import local_worker
 from tff_resume.runtime import network_isolation
 from tff_resume.runtime import signals
@@ -23,11 +25,13 @@ _STOP = signals.StopRequest()
 if __name__ == "__main__":
   _STOP.install()
   # Before TensorFlow starts threads: the worker started later must share a private loopback only.
-  try:
-    network_isolation.isolate()
-  except network_isolation.IsolationError as isolation_error:
-    print(f"run_emnist: error: {isolation_error.strerror}", file=sys.stderr)
-    sys.exit(2)
+  # A run on remote workers (runtime.workers) starts no local worker and needs the network.
+  if not config_files.command_line_field(sys.argv[1:], "runtime.workers"):
+    try:
+      network_isolation.isolate()
+    except network_isolation.IsolationError as isolation_error:
+      print(f"run_emnist: error: {isolation_error.strerror}", file=sys.stderr)
+      sys.exit(2)
 
 # TensorFlow reads its log level once, at import, so --verbose is looked at before flags are parsed.
 # TensorFlow must also be imported before absl.app.run: Keras 2.14 first imported inside app.run

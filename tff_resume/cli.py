@@ -4,6 +4,7 @@
     tff-resume export RUN_DIR --out DIR [--version N]
     tff-resume data import-leaf --src LEAF_DIR --out CACHE_DIR
     tff-resume data inspect --source {emnist,leaf,synthetic} [--split train|test] ...
+    tff-resume worker --port PORT [--host HOST]
 
 Errors a user can cause print one line and exit with status 2.
 """
@@ -16,6 +17,7 @@ import sys
 
 from tff_resume.runtime import local_worker
 from tff_resume.runtime import signals
+from tff_resume.runtime import worker_server
 
 EXIT_USAGE_ERROR = 2
 
@@ -63,6 +65,15 @@ def _build_parser() -> argparse.ArgumentParser:
   inspect.add_argument("--leaf_dir", help="leaf: LEAF's FEMNIST data folder")
   inspect.add_argument("--num_clients", type=int, default=100, help="synthetic: writers")
   inspect.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+
+  worker = commands.add_parser(
+      "worker", help="serve TFF computations for runs on other machines (config runtime.workers)")
+  worker.add_argument("--port", type=int, required=True, help="TCP port to serve on")
+  worker.add_argument("--host", default=None,
+                      help="the name or address runs reach this machine by (printed in the log "
+                      "line); default the hostname. TFF's worker listens on every interface.")
+  worker.add_argument("--max_concurrent_computation_calls", type=int, default=-1,
+                      help="limit on client computations run in parallel; -1 none")
   return parser
 
 
@@ -167,6 +178,13 @@ def _export(args) -> None:
 def main(argv: list[str] | None = None) -> int:
   """Runs the command line; returns the exit status."""
   args = _build_parser().parse_args(argv)
+  if args.command == "worker":  # Without TensorFlow: a worker node starts in a second.
+    try:
+      return worker_server.serve(args.port, args.host, args.max_concurrent_computation_calls,
+                                 args.verbose)
+    except (ValueError, local_worker.WorkerStartError) as error:
+      print(f"tff-resume worker: error: {error}", file=sys.stderr)
+      return EXIT_USAGE_ERROR
   local_worker.quiet_tensorflow_logging(args.verbose)
   from tff_resume.data import emnist  # pylint: disable=g-import-not-at-top
   from tff_resume.data import leaf  # pylint: disable=g-import-not-at-top

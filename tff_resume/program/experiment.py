@@ -5,6 +5,7 @@ evaluation. Nothing here reads flags. Configuration sections and fields are docu
 """
 
 import math
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -16,15 +17,16 @@ from tff_resume.learning import aggregators
 from tff_resume.learning import algorithms
 from tff_resume.learning import models
 from tff_resume.program import checkpointing
+from tff_resume.program import config_files
 from tff_resume.program import fingerprint
 from tff_resume.program import global_model
 from tff_resume.program import training
+from tff_resume.runtime import workers
 
 DATA_SOURCES = ("emnist", "synthetic")
 
 
-class ConfigError(ValueError):
-  """A configuration value is invalid; the message names the field."""
+ConfigError = config_files.ConfigError
 
 
 def _require(condition: bool, field: str, message: str) -> None:
@@ -96,6 +98,7 @@ def validate(config) -> None:
            f"must be above 0, got {config.client.learning_rate}.")
   _require(config.algorithm.name in algorithms.ALGORITHMS, "algorithm.name",
            f"must be one of {', '.join(algorithms.ALGORITHMS)}, got {config.algorithm.name!r}.")
+  runtime_settings(config)
   try:
     aggregators.build_aggregator(aggregator_spec(config))
     server_optimizer_spec(config).validate()
@@ -104,6 +107,19 @@ def validate(config) -> None:
       synthetic_spec(config).validate()
   except ValueError as error:
     raise ConfigError(f"config: {error}") from None
+
+
+def runtime_settings(config) -> dict[str, Any]:
+  """`ResumableLoop`'s `workers`, `num_subrounds` and `worker_timeout_seconds` from
+  `config.runtime` (a local worker, not split, where a config has no runtime section); raises
+  ConfigError for a malformed address."""
+  runtime = config.get("runtime") or {}
+  try:
+    addresses = workers.parse_workers(runtime.get("workers", ""))
+  except ValueError as error:
+    raise ConfigError(f"config.{error}") from None
+  return {"workers": addresses, "num_subrounds": runtime.get("num_subrounds", 0),
+          "worker_timeout_seconds": runtime.get("connect_timeout_seconds", 15.0)}
 
 
 def load_data(config):

@@ -3,7 +3,8 @@
 A run can be resumed only with the same fingerprint. It covers the data (source, digits-only, the
 synthetic set's parameters, and the size in bytes of the EMNIST file), the model (with the SHA-256 of a
 warm start's source), the algorithm, the client and server optimizers, the aggregator, the clients
-per round and the seed. Fields that do not change the math (`training.total_rounds`, `checkpoint.*`,
+per round, the seed and `runtime.num_subrounds` (how a round's aggregate is summed; the workers it
+runs on are not part of it). Fields that do not change the math (`training.total_rounds`, `checkpoint.*`,
 `data.cache_dir` itself, and the settings of the data source, server optimizers and aggregators not
 chosen) may change between starts. Fields added with a default that reproduces the runs before them
 (`algorithm.*` for FedAvg, `server.optimizer` for SGD, `model.initial_weights` unset) are left out,
@@ -57,6 +58,9 @@ def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
         fields["model.initial_weights"])
   elif "model.initial_weights" in fields:
     del fields["model.initial_weights"]  # Not set: fingerprints stay those of runs before the field.
+  subrounds = (config.get("runtime") or {}).get("num_subrounds", 0)
+  if subrounds:  # 0 (not split) is how every run before the field ran.
+    fields["runtime.num_subrounds"] = subrounds
   if config["data"]["source"] == "emnist":
     path = emnist.require_emnist_database(config["data"]["cache_dir"] or None)
     fields["data.file_bytes"] = os.path.getsize(path)

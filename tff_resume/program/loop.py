@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -37,9 +37,9 @@ from tff_resume.program import run_lock
 from tff_resume.program import run_record
 from tff_resume.program import training
 from tff_resume.program import units
-from tff_resume.runtime import local_worker
 from tff_resume.runtime import network_isolation
 from tff_resume.runtime import signals
+from tff_resume.runtime import workers as workers_lib
 
 
 class RunFolderError(ValueError):
@@ -50,13 +50,17 @@ class VersionVanishedError(Exception):
   """A checkpoint version was removed by something else between listing and loading it."""
 
 
-def default_fingerprint(process, client_ids, clients_per_round: int, seed: int) -> dict[str, Any]:
+def default_fingerprint(process, client_ids, clients_per_round: int, seed: int,
+                        num_subrounds: int = 0) -> dict[str, Any]:
   """What changes the math of a loop not described by a config: the process's types, the sampling
-  settings and the client population (a SHA-256 of the sorted ids)."""
+  settings, the client population (a SHA-256 of the sorted ids) and the subrounds, when split."""
   population = hashlib.sha256("\n".join(sorted(client_ids)).encode()).hexdigest()
-  return {"process.next.type_signature": str(process.next.type_signature),
-          "training.clients_per_round": clients_per_round, "training.seed": seed,
-          "client_data.num_clients": len(client_ids), "client_data.client_ids_sha256": population}
+  fields = {"process.next.type_signature": str(process.next.type_signature),
+            "training.clients_per_round": clients_per_round, "training.seed": seed,
+            "client_data.num_clients": len(client_ids), "client_data.client_ids_sha256": population}
+  if num_subrounds:
+    fields["runtime.num_subrounds"] = num_subrounds
+  return fields
 
 
 def counted_examples(client_data, limit: int | None = None) -> Callable[[str], int]:
@@ -97,17 +101,19 @@ def report_round(result: training.RoundResult, first_round: int, started: float)
 
 
 @contextlib.contextmanager
-def _own_worker(verbose: bool):
-  """Runs the body with a TFF worker of this loop's own as the default context; puts back the
-  context that was there before, and stops the worker, however the body ends."""
+def _own_worker(verbose: bool, addresses: Sequence[str], num_subrounds: int,
+                timeout_seconds: float):
+  """Runs the body with the loop's workers as the default context (a local worker of its own when
+  no remote one is named); puts back the context that was there before, and stops the local worker,
+  however the body ends."""
   stack = tff.framework.get_context_stack()
   previous = stack.current
-  if not network_isolation.isolated():
+  if not addresses and not network_isolation.isolated():
     network_isolation.warn_unisolated(
         "this process was not isolated before its threads started: a notebook, or your own program",
         advice="Train through the command line (python -m experiments.run_emnist), which isolates "
         "it, or on a firewalled machine")
-  worker = local_worker.start_local_execution_context(show_worker_output=verbose)
+  worker = workers_lib.start_execution_context(addresses, num_subrounds, verbose, timeout_seconds)
   try:
     yield worker
   finally:
@@ -131,7 +137,8 @@ class ResumableLoop:
                config: Mapping[str, Any] | None = None,
                client_examples: Callable[[str], int] | None = None,
                seeds: Mapping[str, int] | None = None, start_worker: bool = True,
-               verbose: bool = False):
+               workers: Sequence[str] = (), num_subrounds: int = 0,
+               worker_timeout_seconds: float = 15.0, verbose: bool = False):
     """Describes the run; nothing is read or written before `train`.
 
     Args:
@@ -166,6 +173,11 @@ class ResumableLoop:
       seeds: recorded in the run record, by purpose; default {"training": seed}.
       start_worker: start a TFF worker of the loop's own for each `train` (and stop it after);
         False uses the execution context already installed.
+      workers: `host:port` of `tff-resume worker`s to compute on instead of a local worker.
+      num_subrounds: split each round's clients, in sampled order, into this many groups whose
+        partial aggregates are merged in order (0: not split); results depend on it, not on the
+        workers, and it is in the default fingerprint.
+      worker_timeout_seconds: how long a start waits for each of `workers` to answer.
       verbose: let the worker print.
     """
     self._process, self.client_data = process, client_data
@@ -179,13 +191,15 @@ class ResumableLoop:
     self._retention = {"keep_total": keep_total, "keep_first": keep_first,
                        "keep_every_k": keep_every_k}
     self.fingerprint = dict(fingerprint if fingerprint is not None else default_fingerprint(
-        self.process, client_data.client_ids, clients_per_round, seed))
+        self.process, client_data.client_ids, clients_per_round, seed, num_subrounds))
     self._hyperparameters = dict(hyperparameters if hyperparameters is not None
                                  else {k: str(v) for k, v in self.fingerprint.items()})
     self._config = config
     self._client_examples = client_examples or counted_examples(client_data)
     self._seeds = dict(seeds if seeds is not None else {"training": seed})
     self._start_worker, self._verbose = start_worker, verbose
+    self._workers, self.num_subrounds = tuple(workers), num_subrounds
+    self._worker_timeout_seconds = worker_timeout_seconds
 
   @property
   def run_dir(self) -> str:
@@ -302,6 +316,13 @@ class ResumableLoop:
         return dict(record.last_metrics)
     stop.raise_if_requested()
     with contextlib.ExitStack() as stack:
+      if self._start_worker:  # Before any write: a worker that is down or a process TFF cannot
+        # split into subrounds stops the start with nothing changed.
+        worker = stack.enter_context(_own_worker(self._verbose, self._workers, self.num_subrounds,
+                                                 self._worker_timeout_seconds))
+        if self.num_subrounds:
+          worker.context.form(self.process.next, "the process's round (next)")
+        stop.raise_if_requested()
       # First, as it may refuse the run: nothing is changed before it accepts the history.
       history, redone = bookkeeping.open_history(manager, version, record, metadata,
                                                  paths.progress_json)
@@ -316,8 +337,6 @@ class ResumableLoop:
       newer = [v for v in manager.versions() if version is not None and v > version]
       for corrupt in newer + manager.unfinished_versions():
         manager.set_aside(corrupt)
-      if self._start_worker:
-        stack.enter_context(_own_worker(self._verbose))
       state, record = self._start_state(manager, version, record, history, redone, total_rounds)
       return self._run_rounds(state, manager, record, history, total_rounds, stop, stack)
 

@@ -10,13 +10,11 @@ trains it with `loop.ResumableLoop`: the same steps, files and results, bit for 
 `python -m experiments.run_emnist` with the same config, which is built on it.
 """
 
-import importlib.util
-import os
-import sys
 from typing import Any, Mapping
 
 import ml_collections
 
+from tff_resume.program import config_files
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint as fingerprint_lib
 from tff_resume.program import loop as loop_lib
@@ -24,64 +22,8 @@ from tff_resume.program import paths as paths_lib
 from tff_resume.program import status as status_lib
 from tff_resume.runtime import signals
 
-ConfigError = experiment.ConfigError
-
-
-def _load_config_module(path: str):
-  """Imports a config file as a module; its folder's package (configs/) is importable meanwhile."""
-  folder = os.path.dirname(os.path.abspath(path))
-  root = os.path.dirname(folder) if os.path.isfile(os.path.join(folder, "__init__.py")) else folder
-  spec = importlib.util.spec_from_file_location("tff_resume_config", path)
-  module = importlib.util.module_from_spec(spec)
-  added = root not in sys.path
-  if added:
-    sys.path.insert(0, root)
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    if added:
-      sys.path.remove(root)
-  return module
-
-
-def load_config(spec: str, overrides: Mapping[str, Any] | None = None
-                ) -> ml_collections.ConfigDict:
-  """Returns the config a `--config=FILE.py[:PRESET]` names, with `overrides` applied.
-
-  Args:
-    spec: a config file (`configs/demo.py`), optionally with a preset (`configs/demo.py:smoke`).
-    overrides: {dotted field: value}, as `--config.training.total_rounds=4` would set them.
-
-  Raises:
-    ConfigError: the file is missing, is not a Python config, fails to load, names an unknown
-      preset, or an override names an unknown field or has the wrong type.
-  """
-  path, _, preset = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"config file {path} not found; the configs are the files in configs/ "
-                      "(e.g. configs/demo.py).")
-  if not path.endswith(".py"):
-    raise ConfigError(f"config file {path} is not a Python file: a config is a .py file whose "
-                      "get_config() returns an ml_collections.ConfigDict (see configs/demo.py).")
-  try:
-    module = _load_config_module(path)
-    config = module.get_config(preset) if preset else module.get_config()
-  except Exception as error:  # pylint: disable=broad-except
-    detail = f"{type(error).__name__}: {error}"
-    if type(error) is ValueError:  # pylint: disable=unidiomatic-typecheck
-      detail = str(error)  # The presets' own message names the presets.
-    raise ConfigError(f"cannot load the config {spec}: {detail}") from None
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f"the config {spec}: get_config() returned {type(config).__name__}, not an "
-                      "ml_collections.ConfigDict.")
-  config.lock()
-  try:
-    config.update_from_flattened_dict(dict(overrides or {}))
-  except KeyError as error:
-    raise ConfigError(f"unknown config field in the overrides: {error}") from None
-  except (TypeError, ValueError) as error:
-    raise ConfigError(f"config override: {error}") from None
-  return config
+ConfigError = config_files.ConfigError
+load_config = config_files.load_config
 
 
 class Run:
@@ -138,7 +80,8 @@ class Run:
         hyperparameters=fingerprint_lib.flatten_config(config), config=config.to_dict(),
         client_examples=loop_lib.counted_examples(
             train_data, config.client.max_examples_per_client or None),
-        seeds=experiment.seeds(config), verbose=self.verbose)
+        seeds=experiment.seeds(config), verbose=self.verbose,
+        **experiment.runtime_settings(config))
 
   def train(self, *, stop: signals.StopRequest | None = None) -> dict[str, Any]:
     """Trains or resumes up to `training.total_rounds`; returns the last round's metrics.

@@ -15,6 +15,7 @@ before TensorFlow prints its start-up noise.
 
 import atexit
 import ctypes
+import importlib.util
 import logging
 import os
 import signal
@@ -31,7 +32,7 @@ _WORKER_START_TIMEOUT_SECONDS = 60.0
 _WORKER_READY_POLL_SECONDS = 0.02
 _WORKER_STOP_TIMEOUT_SECONDS = 5.0
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
-_GRPC_CHANNEL_OPTIONS = [
+GRPC_CHANNEL_OPTIONS = [
     ("grpc.max_message_length", _GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE_BYTES),
@@ -78,10 +79,12 @@ def _die_with_parent() -> None:
 
 
 def worker_binary_path() -> str:
-  """Returns the path of the C++ worker shipped inside the tensorflow_federated package."""
-  import tensorflow_federated  # pylint: disable=g-import-not-at-top
-
-  return os.path.join(os.path.dirname(tensorflow_federated.__file__), "data", "worker_binary")
+  """Returns the path of the C++ worker shipped inside the tensorflow_federated package (found
+  without importing it, which would import TensorFlow)."""
+  spec = importlib.util.find_spec("tensorflow_federated")
+  if spec is None or not spec.submodule_search_locations:
+    raise WorkerStartError("tensorflow-federated is not installed; run make install.")
+  return os.path.join(spec.submodule_search_locations[0], "data", "worker_binary")
 
 
 class LocalWorker:
@@ -92,13 +95,14 @@ class LocalWorker:
     port: the localhost port it serves on.
   """
 
-  def __init__(self, max_concurrent_computation_calls: int = -1, show_output: bool = False):
+  def __init__(self, max_concurrent_computation_calls: int = -1, show_output: bool = False,
+               port: int | None = None):
     binary = worker_binary_path()
     if not os.path.isfile(binary):
       raise WorkerStartError(
           f"TFF's worker binary is missing at {binary}; reinstall tensorflow-federated "
           "(make install).")
-    self.port = portpicker.pick_unused_port()
+    self.port = port or portpicker.pick_unused_port()
     self.context = None  # The TFF execution context using this worker, once installed.
     output = None if show_output else subprocess.DEVNULL
     self.process = subprocess.Popen(
@@ -131,18 +135,27 @@ class LocalWorker:
     atexit.unregister(self.stop)
 
   def wait_until_ready(self, stub: Any) -> None:
-    deadline = time.monotonic() + _WORKER_START_TIMEOUT_SECONDS
-    while not stub.is_ready:
+    if not wait_for_stub(stub, _WORKER_START_TIMEOUT_SECONDS, self.process):
       if self.process.poll() is not None:
         raise WorkerStartError(
             f"TFF's worker binary exited with code {self.process.returncode} before serving on "
             f"port {self.port}; rerun with --verbose to see its output.")
-      if time.monotonic() > deadline:
-        self.stop()
-        raise WorkerStartError(
-            f"TFF's worker binary did not serve on port {self.port} within "
-            f"{_WORKER_START_TIMEOUT_SECONDS:.0f} s.")
-      time.sleep(_WORKER_READY_POLL_SECONDS)
+      self.stop()
+      raise WorkerStartError(
+          f"TFF's worker binary did not serve on port {self.port} within "
+          f"{_WORKER_START_TIMEOUT_SECONDS:.0f} s.")
+
+
+def wait_for_stub(stub: Any, timeout_seconds: float,
+                  process: subprocess.Popen | None = None) -> bool:
+  """Waits until the gRPC channel of a `RemoteExecutorGrpcStub` is ready; False after
+  `timeout_seconds`, or as soon as `process` (the worker, when it is ours) has exited."""
+  deadline = time.monotonic() + timeout_seconds
+  while not stub.is_ready:
+    if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
+      return False
+    time.sleep(_WORKER_READY_POLL_SECONDS)
+  return True
 
 
 class ExecutionContextNotStartedError(RuntimeError):
@@ -196,7 +209,7 @@ def start_local_execution_context(
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
   worker = LocalWorker(max_concurrent_computation_calls, show_worker_output)
-  channel = grpc.insecure_channel(f"localhost:{worker.port}", _GRPC_CHANNEL_OPTIONS)
+  channel = grpc.insecure_channel(f"localhost:{worker.port}", GRPC_CHANNEL_OPTIONS)
   stub = tff.framework.RemoteExecutorGrpcStub(channel)
   worker.wait_until_ready(stub)
 

@@ -1,0 +1,254 @@
+"""Rounds on several TFF workers: real `tff-resume worker` processes on loopback ports, runs through
+`tff_resume.Run` and the real runner. Weights and metrics depend on `runtime.num_subrounds` only,
+never on the number of workers; a killed worker stops the runner with status 75 and the same command
+resumes bit-identically once it is back; a worker that is down at start changes nothing."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+from absl.testing import absltest
+import portpicker
+
+from experiments import chaos
+from tff_resume.runtime import workers
+import tff_resume
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MARKER = f"TFF_RESUME_WORKERS_TEST={os.getpid()}-{time.time_ns()}"
+_ENV = dict(os.environ, PYTHONPATH=_REPO_ROOT, TFF_RESUME_WORKERS_TEST=_MARKER.split("=")[1])
+_OVERRIDES = {"model.name": "linear", "training.clients_per_round": 5, "training.total_rounds": 3}
+_KILL_ROUNDS = 40
+_WORKERS: dict[int, subprocess.Popen] = {}  # port -> `tff-resume worker` process
+_ROOT = ""
+
+
+def _start_worker(port: int) -> subprocess.Popen:
+  worker = subprocess.Popen(
+      [sys.executable, "-m", "tff_resume.cli", "worker", f"--port={port}", "--host=127.0.0.1"],
+      cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  line = worker.stdout.readline()
+  if not line.startswith(f"tff-resume worker: serving TFF computations on 127.0.0.1:{port} "):
+    worker.kill()
+    raise AssertionError(line + worker.communicate()[0])
+  _WORKERS[port] = worker
+  return worker
+
+
+def _addresses(count: int) -> str:
+  return ",".join(f"127.0.0.1:{port}" for port in list(_WORKERS)[:count])
+
+
+def _marked_processes() -> set[int]:
+  found = set()
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/environ", "rb") as environ:
+        if _MARKER.encode() in environ.read().split(b"\0"):
+          found.add(int(pid))
+    except OSError:
+      continue
+  return found
+
+
+def setUpModule():
+  global _ROOT
+  _ROOT = tempfile.mkdtemp()
+  unittest.addModuleCleanup(_stop_workers)  # Also when a start below fails.
+  for _ in range(3):
+    _start_worker(portpicker.pick_unused_port())
+
+
+def _stop_workers():
+  for worker in _WORKERS.values():
+    worker.terminate()
+    worker.wait(timeout=30)
+  shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+def _train(name: str, **overrides) -> dict:
+  config = tff_resume.load_config("configs/demo.py:smoke", {**_OVERRIDES, **overrides})
+  tff_resume.Run(config, _ROOT, name).train()
+  return chaos.run_outcome(os.path.join(_ROOT, name))
+
+
+def _runner(name: str, *overrides: str) -> list[str]:
+  return [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py:smoke",
+          "--config.model.name=linear", "--config.training.clients_per_round=5",
+          f"--root_output_dir={_ROOT}", f"--experiment_name={name}", *overrides]
+
+
+class SubroundsTest(absltest.TestCase):
+
+  def test_results_depend_on_subrounds_not_on_workers(self):
+    for num_subrounds in (2, 3):
+      local = _train(f"local_{num_subrounds}", **{"runtime.num_subrounds": num_subrounds})
+      for count in (1, 2, 3):
+        remote = _train(f"workers_{count}_{num_subrounds}", **{
+            "runtime.num_subrounds": num_subrounds, "runtime.workers": _addresses(count)})
+        self.assertEqual(remote, local, f"{count} workers, {num_subrounds} subrounds")
+      self.assertLen(local["sampled_clients"], 3)
+      self.assertEqual([len(clients) for clients in local["sampled_clients"]], [5, 5, 5])
+      self.assertIn("evaluation/sparse_categorical_accuracy", local["metrics_csv"][-1])
+    not_split = _train("local_0")
+    self.assertEqual(_train("workers_3_0", **{"runtime.workers": _addresses(3)}), not_split)
+    # Subrounds change the float sums, so the weights: the split really happens.
+    self.assertNotEqual(not_split["model_weights_sha256"], local["model_weights_sha256"])
+    self.assertEqual(not_split["sampled_clients"], local["sampled_clients"])
+
+  def test_every_aggregator_runs_on_workers(self):
+    for aggregator in ("compression", "quantize", "dp"):
+      overrides = {"aggregator.name": aggregator, "aggregator.quantize.threshold": 0,
+                   "aggregator.quantize.stochastic": False, "runtime.num_subrounds": 2}
+      local = _train(f"{aggregator}_local", **overrides)
+      remote = _train(f"{aggregator}_workers", **overrides, **{"runtime.workers": _addresses(2)})
+      if aggregator != "dp":
+        self.assertEqual(remote, local, aggregator)
+        continue
+      # DP noise comes from TensorFlow's unseeded random ops: no two dp runs have equal weights,
+      # even on one worker. What does not depend on the noise is equal.
+      bits = [{k: v for k, v in row.items() if k.startswith("communication/")}
+              for row in local["metrics_csv"]]
+      self.assertEqual(bits, [{k: v for k, v in row.items() if k.startswith("communication/")}
+                              for row in remote["metrics_csv"]])
+      self.assertEqual(remote["participation"], local["participation"])
+      self.assertEqual(remote["sampled_clients"], local["sampled_clients"])
+      self.assertEqual(remote["metrics_csv"][0]["client_work/train/loss"],
+                       local["metrics_csv"][0]["client_work/train/loss"])
+
+  def test_num_subrounds_is_in_the_fingerprint(self):
+    _train("fingerprint", **{"runtime.num_subrounds": 2})
+    result = subprocess.run(_runner("fingerprint", "--config.training.total_rounds=4",
+                                    "--config.runtime.num_subrounds=3"),
+                            cwd=_REPO_ROOT, env=_ENV, capture_output=True, text=True, check=False)
+    self.assertEqual(result.returncode, 2, result.stderr)
+    self.assertIn("  runtime.num_subrounds: saved 2, now 3", result.stderr)
+
+
+class WorkerFailureTest(absltest.TestCase):
+
+  def test_killed_worker_stops_the_run_and_the_same_command_resumes_it(self):
+    straight = _train("straight", **{"runtime.num_subrounds": 2,
+                                     "training.total_rounds": _KILL_ROUNDS})
+    port = list(_WORKERS)[1]
+    command = _runner("killed", f"--config.training.total_rounds={_KILL_ROUNDS}",
+                      f"--config.runtime.workers={_addresses(2)}", "--config.runtime.num_subrounds=2")
+    runner = subprocess.Popen(command, cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    for line in runner.stdout:
+      if line.startswith("round    2/"):
+        _WORKERS[port].kill()
+        _WORKERS[port].wait()
+        break
+    stdout, stderr = runner.communicate(timeout=120)
+    self.assertEqual(runner.returncode, 75, stderr)
+    self.assertEqual(stderr.splitlines(), [
+        line for line in stderr.splitlines() if line.startswith(
+            f"run_emnist: TFF worker 127.0.0.1:{port} failed during a computation: ")])
+    self.assertIn("when the worker is back, run the same command again to resume. Exit status 75.",
+                  stderr)
+    run_dir = os.path.join(_ROOT, "killed")
+    status = tff_resume.run_status(run_dir)
+    self.assertLess(status["rounds_done"], _KILL_ROUNDS, stdout)
+    self.assertEqual(status["newest_good_version"], status["rounds_done"])
+    self.assertEqual(chaos.leftovers(run_dir), [])
+    partial = chaos.run_outcome(run_dir)
+    self.assertEqual(partial["sampled_clients"],
+                     straight["sampled_clients"][:status["rounds_done"]])
+    _start_worker(port)
+    resumed = subprocess.run(command, cwd=_REPO_ROOT, env=_ENV, capture_output=True, text=True,
+                             check=False)
+    self.assertEqual(resumed.returncode, 0, resumed.stderr)
+    self.assertEqual(chaos.run_outcome(run_dir), straight)
+
+  def test_worker_down_at_start_writes_nothing(self):
+    down = f"127.0.0.1:{portpicker.pick_unused_port()}"
+    result = subprocess.run(_runner("down", f"--config.runtime.workers={_addresses(1)},{down}",
+                                    "--config.runtime.connect_timeout_seconds=1"),
+                            cwd=_REPO_ROOT, env=_ENV, capture_output=True, text=True, check=False)
+    self.assertEqual(result.returncode, 75, result.stderr)
+    self.assertEqual(result.stderr.splitlines(), [
+        f"run_emnist: TFF worker {down} (runtime.workers) did not answer within 1 s "
+        "(runtime.connect_timeout_seconds); start it (tff-resume worker --port PORT) or fix the "
+        "address. Nothing was written. Exit status 75."])
+    self.assertFalse(os.path.exists(os.path.join(_ROOT, "down")))
+
+  def test_malformed_worker_address_is_refused(self):
+    result = subprocess.run(_runner("malformed", "--config.runtime.workers=localhost"),
+                            cwd=_REPO_ROOT, env=_ENV, capture_output=True, text=True, check=False)
+    self.assertEqual(result.returncode, 2, result.stderr)
+    self.assertIn("runtime.workers: 'localhost' is not host:port", result.stderr)
+    self.assertFalse(os.path.exists(os.path.join(_ROOT, "malformed")))
+
+
+class WorkerCommandTest(absltest.TestCase):
+
+  def test_sigterm_stops_the_worker_and_its_binary(self):
+    port = portpicker.pick_unused_port()
+    worker = _start_worker(port)
+    del _WORKERS[port]
+    binary = [pid for pid in _marked_processes() if _is_worker_binary(pid, port)]
+    self.assertLen(binary, 1)
+    worker.send_signal(signal.SIGTERM)
+    self.assertEqual(worker.wait(timeout=30), 0)
+    self.assertEqual(worker.stdout.read(), "tff-resume worker: stopped by SIGTERM.\n")
+    self.assertFalse(_is_worker_binary(binary[0], port))
+
+  def test_sigkill_of_the_command_ends_its_binary(self):
+    port = portpicker.pick_unused_port()
+    worker = _start_worker(port)
+    del _WORKERS[port]
+    binary = [pid for pid in _marked_processes() if _is_worker_binary(pid, port)]
+    self.assertLen(binary, 1)
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{binary[0]}") and _is_worker_binary(binary[0], port):
+      self.assertLess(time.monotonic(), deadline, "worker_binary outlived its command")
+      time.sleep(0.1)
+
+  def test_port_in_use_is_one_line_and_status_2(self):
+    port = list(_WORKERS)[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "tff_resume.cli", "worker", f"--port={port}"], cwd=_REPO_ROOT,
+        env=_ENV, capture_output=True, text=True, check=False, timeout=60)
+    self.assertEqual(result.returncode, 2)
+    self.assertEqual(result.stderr, f"tff-resume worker: error: port {port} is in use on this "
+                     "machine; choose another --port.\n")
+
+  def test_parse_workers(self):
+    self.assertEqual(workers.parse_workers(" a:1, b.c:65535 ,"), ["a:1", "b.c:65535"])
+    self.assertEqual(workers.parse_workers(""), [])
+    for bad in ("a", "a:0", "a:65536", ":80", "a:x"):
+      with self.assertRaises(ValueError):
+        workers.parse_workers(bad)
+    with self.assertRaisesRegex(ValueError, "names a:1 more than once"):
+      workers.parse_workers("a:1,a:1")
+
+
+def _is_worker_binary(pid: int, port: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+      arguments = cmdline.read().split(b"\0")
+  except OSError:
+    return False
+  return arguments[0].endswith(b"/worker_binary") and f"--port={port}".encode() in arguments
+
+
+class NothingLeftTest(absltest.TestCase):
+
+  def test_zz_no_process_of_this_test_is_left_but_its_workers(self):
+    expected = set()
+    for port, worker in _WORKERS.items():
+      expected.add(worker.pid)
+      expected.update(pid for pid in _marked_processes() if _is_worker_binary(pid, port))
+    self.assertEqual(_marked_processes(), expected)
+
+
+if __name__ == "__main__":
+  absltest.main()
