@@ -2,7 +2,8 @@
 
     python -m experiments.benchmark --out runs/benchmark
 
-Writes OUT/benchmark.json and OUT/benchmark.md. Every comparison runs its contenders in the same
+Writes OUT/benchmark.json and OUT/benchmark.md (`--sections=workers` adds the cost of remote workers
+and subrounds). Every comparison runs its contenders in the same
 process, alternating them (A B, then B A, ...) for several repetitions, and reports medians and their
 ratios: absolute times on a shared machine are not comparable across runs, ratios measured side by side
 are. The workload is the FedAvg CNN on synthetic EMNIST-shaped data, 10 clients x 100 examples, batch
@@ -34,6 +35,7 @@ from absl import flags
 
 from configs import demo
 from experiments import benchmark_scale
+from experiments import benchmark_workers
 from experiments import measure
 from tff_resume.data import preprocessing
 from tff_resume.learning import accounting
@@ -58,9 +60,10 @@ _REPETITIONS = flags.DEFINE_integer("repetitions", 5, "Repetitions of each side-
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny workload and 2 repetitions (for tests; numbers "
                            "mean nothing).")
 _SECTIONS = flags.DEFINE_multi_enum(
-    "sections", ["core", "scale"], ["core", "scale"],
-    "Which sections to run: core (1-5: rounds, checkpoints, resume, scaling on the CNN) and scale "
-    "(6-9: costs against rounds done, population and run length).")
+    "sections", ["core", "scale"], ["core", "scale", "workers"],
+    "Which sections to run: core (1-5: rounds, checkpoints, resume, scaling on the CNN), scale "
+    "(6-9: costs against rounds done, population and run length) and workers (10: the local "
+    "worker against loopback workers and subrounds; not run by default).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show TensorFlow's and TFF's messages.")
 
 _RESUME_TOTAL_ROUNDS = 10
@@ -425,6 +428,8 @@ def render_markdown(report: dict) -> str:
     lines += _render_core(report)
   if "scale" in report:
     lines += benchmark_scale.render_markdown(report["scale"])
+  if "workers" in report:
+    lines += benchmark_workers.render_markdown(report["workers"])
   return "\n".join(lines) + "\n"
 
 
@@ -507,6 +512,10 @@ def main(argv):
       linear = Workload(workload_config(quick, "linear"))
       sections["scale"] = benchmark_scale.run_sections(linear, scratch, quick, repetitions)
       values.update(sections["scale"].pop("values"))
+    if "workers" in _SECTIONS.value:
+      _log("section 10: local worker, subrounds and loopback workers")
+      sections["workers"] = benchmark_workers.bench_workers(Workload(workload_config(quick)),
+                                                            repetitions)
   config = workload_config(quick)
   report = {
       "date": datetime.date.today().isoformat(),
