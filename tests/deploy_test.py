@@ -1,6 +1,7 @@
 """The deployment recipes in deploy/ agree with the code: ports, labels, paths, commands, exit
 statuses, and every config field they set exists and validates."""
 
+import contextlib
 import json
 import os
 import re
@@ -164,12 +165,16 @@ exec "$@"
       command = ["bash", _SLURM_SCRIPT, "--config.model.name=linear",
                  f"--config.training.total_rounds={_SLURM_ROUNDS}"]
       job = subprocess.Popen(command, cwd=_REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-      for line in job.stdout:
-        if line.startswith("round    2/"):
-          job.send_signal(signal.SIGTERM)  # As --signal=B:TERM@120: to the batch script only.
-          break
-      stdout, stderr = job.communicate(timeout=120)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+      try:
+        for line in job.stdout:
+          if line.startswith("round    2/"):
+            job.send_signal(signal.SIGTERM)  # As --signal=B:TERM@120: to the batch script only.
+            break
+        stdout, stderr = job.communicate(timeout=120)
+      finally:  # Whatever failed, nothing of the job is left (its worker_binary dies with its parent).
+        with contextlib.suppress(ProcessLookupError):
+          os.killpg(job.pid, signal.SIGKILL)
       self.assertEqual(job.returncode, signals.EXIT_CODE_INTERRUPTED, stderr)
       with open(requeues) as requeued:
         self.assertEqual(requeued.read(), "requeue 42\n")

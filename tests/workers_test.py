@@ -3,6 +3,7 @@
 never on the number of workers; a killed worker stops the runner with status 75 and the same command
 resumes bit-identically once it is back; a worker that is down at start changes nothing."""
 
+import ctypes
 import os
 import shutil
 import signal
@@ -24,14 +25,22 @@ _MARKER = f"TFF_RESUME_WORKERS_TEST={os.getpid()}-{time.time_ns()}"
 _ENV = dict(os.environ, PYTHONPATH=_REPO_ROOT, TFF_RESUME_WORKERS_TEST=_MARKER.split("=")[1])
 _OVERRIDES = {"model.name": "linear", "training.clients_per_round": 5, "training.total_rounds": 3}
 _KILL_ROUNDS = 40
+_PR_SET_PDEATHSIG = 1
 _WORKERS: dict[int, subprocess.Popen] = {}  # port -> `tff-resume worker` process
 _ROOT = ""
+
+
+def _end_with_this_test() -> None:
+  """In the worker command's child before exec: SIGTERM it when the test process dies, however
+  (a failed test stopped by `pytest -x` skips the module's cleanup)."""
+  ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _start_worker(port: int) -> subprocess.Popen:
   worker = subprocess.Popen(
       [sys.executable, "-m", "tff_resume.cli", "worker", f"--port={port}", "--host=127.0.0.1"],
-      cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      preexec_fn=_end_with_this_test)
   line = worker.stdout.readline()
   if not line.startswith(f"tff-resume worker: serving TFF computations on 127.0.0.1:{port} "):
     worker.kill()
@@ -188,27 +197,28 @@ class WorkerFailureTest(absltest.TestCase):
 
 class WorkerCommandTest(absltest.TestCase):
 
-  def test_sigterm_stops_the_worker_and_its_binary(self):
+  def _worker_of_this_test(self) -> tuple[subprocess.Popen, int, int]:
+    """A `tff-resume worker` the module's cleanup does not stop: (process, its binary's pid, port)."""
     port = portpicker.pick_unused_port()
     worker = _start_worker(port)
     del _WORKERS[port]
     binary = [pid for pid in _marked_processes() if _is_worker_binary(pid, port)]
     self.assertLen(binary, 1)
+    return worker, binary[0], port
+
+  def test_sigterm_stops_the_worker_and_its_binary(self):
+    worker, binary, port = self._worker_of_this_test()
     worker.send_signal(signal.SIGTERM)
     self.assertEqual(worker.wait(timeout=30), 0)
     self.assertEqual(worker.stdout.read(), "tff-resume worker: stopped by SIGTERM.\n")
-    self.assertFalse(_is_worker_binary(binary[0], port))
+    self.assertFalse(_is_worker_binary(binary, port))
 
   def test_sigkill_of_the_command_ends_its_binary(self):
-    port = portpicker.pick_unused_port()
-    worker = _start_worker(port)
-    del _WORKERS[port]
-    binary = [pid for pid in _marked_processes() if _is_worker_binary(pid, port)]
-    self.assertLen(binary, 1)
+    worker, binary, port = self._worker_of_this_test()
     worker.kill()
     worker.wait()
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{binary[0]}") and _is_worker_binary(binary[0], port):
+    while _is_worker_binary(binary, port):
       self.assertLess(time.monotonic(), deadline, "worker_binary outlived its command")
       time.sleep(0.1)
 
