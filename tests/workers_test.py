@@ -14,7 +14,9 @@ import time
 import unittest
 
 from absl.testing import absltest
+import numpy as np
 import portpicker
+import tensorflow_federated as tff
 
 from experiments import chaos
 from tff_resume.runtime import workers
@@ -24,10 +26,10 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARKER = f"TFF_RESUME_WORKERS_TEST={os.getpid()}-{time.time_ns()}"
 _ENV = dict(os.environ, PYTHONPATH=_REPO_ROOT, TFF_RESUME_WORKERS_TEST=_MARKER.split("=")[1])
 _OVERRIDES = {"model.name": "linear", "training.clients_per_round": 5, "training.total_rounds": 3}
-_KILL_ROUNDS = 40
 _PR_SET_PDEATHSIG = 1
 _WORKERS: dict[int, subprocess.Popen] = {}  # port -> `tff-resume worker` process
 _ROOT = ""
+_OUTCOMES: dict[str, dict] = {}  # Run name -> chaos.run_outcome of its folder.
 
 
 def _end_with_this_test() -> None:
@@ -81,9 +83,17 @@ def _stop_workers():
 
 
 def _train(name: str, **overrides) -> dict:
-  config = tff_resume.load_config("configs/demo.py:smoke", {**_OVERRIDES, **overrides})
-  tff_resume.Run(config, _ROOT, name).train()
-  return chaos.run_outcome(os.path.join(_ROOT, name))
+  """Trains `name` in this process once (tests share the runs); returns what must equal."""
+  if name not in _OUTCOMES:
+    config = tff_resume.load_config("configs/demo.py:smoke", {**_OVERRIDES, **overrides})
+    tff_resume.Run(config, _ROOT, name).train()
+    _OUTCOMES[name] = chaos.run_outcome(os.path.join(_ROOT, name))
+  return _OUTCOMES[name]
+
+
+def _on_workers(count: int, num_subrounds: int) -> dict:
+  return _train(f"workers_{count}_{num_subrounds}", **{
+      "runtime.num_subrounds": num_subrounds, "runtime.workers": _addresses(count)})
 
 
 def _runner(name: str, *overrides: str) -> list[str]:
@@ -98,14 +108,12 @@ class SubroundsTest(absltest.TestCase):
     for num_subrounds in (2, 3):
       local = _train(f"local_{num_subrounds}", **{"runtime.num_subrounds": num_subrounds})
       for count in (1, 2, 3):
-        remote = _train(f"workers_{count}_{num_subrounds}", **{
-            "runtime.num_subrounds": num_subrounds, "runtime.workers": _addresses(count)})
-        self.assertEqual(remote, local, f"{count} workers, {num_subrounds} subrounds")
+        self.assertEqual(_on_workers(count, num_subrounds), local,
+                         f"{count} workers, {num_subrounds} subrounds")
       self.assertLen(local["sampled_clients"], 3)
       self.assertEqual([len(clients) for clients in local["sampled_clients"]], [5, 5, 5])
       self.assertIn("evaluation/sparse_categorical_accuracy", local["metrics_csv"][-1])
     not_split = _train("local_0")
-    self.assertEqual(_train("workers_3_0", **{"runtime.workers": _addresses(3)}), not_split)
     # Subrounds change the float sums, so the weights: the split really happens.
     self.assertNotEqual(not_split["model_weights_sha256"], local["model_weights_sha256"])
     self.assertEqual(not_split["sampled_clients"], local["sampled_clients"])
@@ -131,8 +139,8 @@ class SubroundsTest(absltest.TestCase):
                        local["metrics_csv"][0]["client_work/train/loss"])
 
   def test_num_subrounds_is_in_the_fingerprint(self):
-    _train("fingerprint", **{"runtime.num_subrounds": 2})
-    result = subprocess.run(_runner("fingerprint", "--config.training.total_rounds=4",
+    _train("local_2", **{"runtime.num_subrounds": 2})
+    result = subprocess.run(_runner("local_2", "--config.training.total_rounds=4",
                                     "--config.runtime.num_subrounds=3"),
                             cwd=_REPO_ROOT, env=_ENV, capture_output=True, text=True, check=False)
     self.assertEqual(result.returncode, 2, result.stderr)
@@ -142,28 +150,28 @@ class SubroundsTest(absltest.TestCase):
 class WorkerFailureTest(absltest.TestCase):
 
   def test_killed_worker_stops_the_run_and_the_same_command_resumes_it(self):
-    straight = _train("straight", **{"runtime.num_subrounds": 2,
-                                     "training.total_rounds": _KILL_ROUNDS})
+    straight = _on_workers(2, 2)
+    rounds = _OVERRIDES["training.total_rounds"]
     port = list(_WORKERS)[1]
-    command = _runner("killed", f"--config.training.total_rounds={_KILL_ROUNDS}",
+    command = _runner("killed", f"--config.training.total_rounds={rounds}",
                       f"--config.runtime.workers={_addresses(2)}", "--config.runtime.num_subrounds=2")
     runner = subprocess.Popen(command, cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     for line in runner.stdout:
-      if line.startswith("round    2/"):
+      if line.startswith("round    1/"):  # Killed while the runner saves round 1 or computes 2.
         _WORKERS[port].kill()
         _WORKERS[port].wait()
         break
     stdout, stderr = runner.communicate(timeout=120)
     self.assertEqual(runner.returncode, 75, stderr)
-    self.assertEqual(stderr.splitlines(), [
-        line for line in stderr.splitlines() if line.startswith(
-            f"run_emnist: TFF worker 127.0.0.1:{port} failed during a computation: ")])
-    self.assertIn("when the worker is back, run the same command again to resume. Exit status 75.",
-                  stderr)
+    self.assertLen(stderr.splitlines(), 1)
+    self.assertStartsWith(stderr, f"run_emnist: TFF worker 127.0.0.1:{port} failed during a "
+                          "computation: ")
+    self.assertEndsWith(stderr, "Nothing of the round in progress was saved; when the worker is "
+                        "back, run the same command again to resume. Exit status 75.\n")
     run_dir = os.path.join(_ROOT, "killed")
     status = tff_resume.run_status(run_dir)
-    self.assertLess(status["rounds_done"], _KILL_ROUNDS, stdout)
+    self.assertLess(status["rounds_done"], rounds, stdout)
     self.assertEqual(status["newest_good_version"], status["rounds_done"])
     self.assertEqual(chaos.leftovers(run_dir), [])
     partial = chaos.run_outcome(run_dir)
@@ -239,6 +247,30 @@ class WorkerCommandTest(absltest.TestCase):
         workers.parse_workers(bad)
     with self.assertRaisesRegex(ValueError, "names a:1 more than once"):
       workers.parse_workers("a:1,a:1")
+
+
+class SplittingTest(absltest.TestCase):
+
+  def test_dependent_aggregations_are_refused_with_the_reason(self):
+    @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+    def sum_of_broadcast_sum(values):  # The second aggregation needs the first one's result.
+      return tff.federated_sum(tff.federated_broadcast(tff.federated_sum(values)))
+
+    with self.assertRaises(workers.NotSplittableError) as raised:
+      workers.compile_for_subrounds(sum_of_broadcast_sum, "the process's round (next)")
+    message = str(raised.exception)
+    self.assertStartsWith(message, "runtime.num_subrounds: TFF cannot split the process's round "
+                          "(next) into subrounds (")
+    self.assertEndsWith(message, "Use runtime.num_subrounds=0.")
+    self.assertLen(message.splitlines(), 1)
+
+  def test_one_aggregation_compiles(self):
+    @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+    def total(values):
+      return tff.federated_sum(values)
+
+    form = workers.compile_for_subrounds(total)
+    self.assertEqual(str(form.merge.type_signature), "(<<float32>,<float32>> -> <float32>)")
 
 
 def _is_worker_binary(pid: int, port: int) -> bool:
