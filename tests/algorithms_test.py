@@ -1,6 +1,7 @@
 """FedProx and adaptive server optimizers: a killed run resumes bit-identically, optimizer state
 included; their fields are in the fingerprint, while FedAvg with SGD keeps the fingerprint it had."""
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -47,12 +48,14 @@ class AlgorithmTest(absltest.TestCase):
 
   def test_fedprox_with_adam_killed_then_resumed_equals_straight_with_the_adam_state(self):
     root = self.create_tempdir().full_path
-    status, _, stderr = _run(root, "straight", *_ADAM_FEDPROX)
-    self.assertEqual(status, 0, stderr)
-    status, _, _ = _run(root, "killed", *_ADAM_FEDPROX, fault="kill-during-save:2")
-    self.assertEqual(status, -signal.SIGKILL)
-    status, stdout, stderr = _run(root, "killed", *_ADAM_FEDPROX)
-    self.assertEqual(status, 0, stderr)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Beside the killed run's two starts.
+      straight_run = pool.submit(_run, root, "straight", *_ADAM_FEDPROX)
+      status, _, _ = _run(root, "killed", *_ADAM_FEDPROX, fault="kill-during-save:2")
+      self.assertEqual(status, -signal.SIGKILL)
+      status, stdout, stderr = _run(root, "killed", *_ADAM_FEDPROX)
+      self.assertEqual(status, 0, stderr)
+      status, _, stderr = straight_run.result()
+      self.assertEqual(status, 0, stderr)
     self.assertIn("from version 1", stdout)
     version, straight = _leaves(root, "straight")
     self.assertEqual((version, _leaves(root, "killed")), (3, (3, straight)))

@@ -1,5 +1,6 @@
 """Tests for experiments.compare: the table's numbers come from the runs' CSVs; the plots are PNGs."""
 
+import concurrent.futures
 import csv
 import os
 import shutil
@@ -33,11 +34,13 @@ class CompareTest(absltest.TestCase):
     small = ["--config=configs/demo.py:smoke", f"--root_output_dir={cls.root}",
              "--config.model.name=linear", "--config.training.total_rounds=3",
              "--config.evaluation.rounds_per_eval=2"]
-    for name, aggregator in (("uncompressed", []),
-                             ("quantized", ["--config.aggregator.name=quantize",
-                                            "--config.aggregator.quantize.threshold=0",
-                                            "--config.aggregator.quantize.bits=4"])):
-      result = _python("experiments.run_emnist", f"--experiment_name={name}", *small, *aggregator)
+    runs = {"uncompressed": [], "quantized": ["--config.aggregator.name=quantize",
+                                              "--config.aggregator.quantize.threshold=0",
+                                              "--config.aggregator.quantize.bits=4"]}
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:  # Two runners, two cores.
+      results = pool.map(lambda name: _python("experiments.run_emnist", f"--experiment_name={name}",
+                                              *small, *runs[name]), runs)
+    for result in results:
       assert result.returncode == 0, result.stderr
 
   @classmethod

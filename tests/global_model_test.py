@@ -4,6 +4,7 @@ Every run is the real runner in a subprocess on the smoke preset; the export is 
 that cannot import tff_resume.
 """
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -74,9 +75,11 @@ class CustomModelExportTest(absltest.TestCase):
     cls.root = os.path.join(absltest.get_default_test_tmpdir(), "custom_model_runs")
     shutil.rmtree(cls.root, ignore_errors=True)
     model = f"--config.model.name={_CUSTOM}"
-    cls.first = _run(cls.root, "resumed", model, rounds=1)
-    cls.second = _run(cls.root, "resumed", model, rounds=2)
-    cls.straight = _run(cls.root, "straight", model, rounds=2)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Beside the resumed run's two starts.
+      straight = pool.submit(_run, cls.root, "straight", model, rounds=2)
+      cls.first = _run(cls.root, "resumed", model, rounds=1)
+      cls.second = _run(cls.root, "resumed", model, rounds=2)
+      cls.straight = straight.result()
 
   def test_custom_model_trains_resumes_and_matches_an_uninterrupted_run(self):
     for status, _, stderr in (self.first, self.second, self.straight):
@@ -193,9 +196,12 @@ class WarmStartTest(absltest.TestCase):
     export = os.path.join(root, "export")
     global_model.export_model(os.path.join(root, "source"), export)
 
-    for name, source in (("from_export", export), ("from_run", os.path.join(root, "source"))):
-      status, _, stderr = _run(root, name, linear, f"--config.model.initial_weights={source}",
-                               rounds=1)
+    sources = {"from_export": export, "from_run": os.path.join(root, "source")}
+    with concurrent.futures.ThreadPoolExecutor(len(sources)) as pool:  # Two runners, two cores.
+      results = dict(zip(sources, pool.map(
+          lambda name: _run(root, name, linear, f"--config.model.initial_weights={sources[name]}",
+                            rounds=1), sources)))
+    for name, (status, _, stderr) in results.items():
       self.assertEqual(status, 0, stderr)
       self.assertEqual(_record(os.path.join(root, name), version=0)["model_weights_sha256"],
                        source_sha)
