@@ -64,18 +64,27 @@ def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
   if config["data"]["source"] == "emnist":
     path = emnist.require_emnist_database(config["data"]["cache_dir"] or None)
     fields["data.file_bytes"] = os.path.getsize(path)
+  unused = inapplicable_prefixes(config)
+  if config["server"]["optimizer"] == "sgd":
+    del fields["server.optimizer"]  # The default: fingerprints stay those of runs before the field.
+  if config["algorithm"]["name"] == "fedavg":
+    unused.append("algorithm.")  # The same: FedAvg runs keep the fingerprints they had.
+  return {k: v for k, v in fields.items() if not k.startswith(tuple(unused))}
+
+
+def inapplicable_prefixes(config: Mapping[str, Any]) -> list[str]:
+  """Dotted prefixes of the fields `config`'s choices make unused: the settings of the data source,
+  aggregator, server optimizer and algorithm not chosen."""
   unused = [] if config["data"]["source"] == "synthetic" else ["data.synthetic."]
   unused += [f"aggregator.{name}." for name in ("quantize", "dp")
              if config["aggregator"]["name"] != name]
   optimizer = config["server"]["optimizer"]
   unused += [f"server.{name}." for name in ("adam", "adagrad", "yogi") if name != optimizer]
-  if optimizer == "sgd":
-    del fields["server.optimizer"]  # The default: fingerprints stay those of runs before the field.
-  else:
+  if optimizer != "sgd":
     unused.append("server.momentum")
-  if config["algorithm"]["name"] == "fedavg":
-    unused.append("algorithm.")  # The same: FedAvg runs keep the fingerprints they had.
-  return {k: v for k, v in fields.items() if not k.startswith(tuple(unused))}
+  if config["algorithm"]["name"] != "fedprox":
+    unused.append("algorithm.proximal_strength")
+  return unused
 
 
 def differences(saved: Mapping[str, Any],

@@ -1,0 +1,124 @@
+"""A 2x2 study through `python -m experiments.sweep` with 2 jobs: SIGKILLed (its process group)
+mid-way, run again, it ends with every run equal to the same config run alone by the runner, a summary
+of the four runs, and no process left."""
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from absl.testing import absltest
+
+from experiments import chaos
+from tff_resume.program import study
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MARKER = ("TFF_RESUME_SWEEP_TEST", f"{os.getpid()}-{time.time_ns()}")
+_ENV = dict(os.environ, PYTHONPATH=_REPO_ROOT, **{_MARKER[0]: _MARKER[1]})
+_COMMON = ["--config=configs/demo.py:smoke", "--config.model.name=linear",
+           "--config.training.total_rounds=6", "--config.aggregator.quantize.threshold=0",
+           "--config.aggregator.quantize.stochastic=false"]
+_GRID = ["--grid=aggregator.name=mean,quantize", "--grid=training.seed=0,1"]
+_RUNS = {"aggregator-mean_seed-0": ["--config.aggregator.name=mean", "--config.training.seed=0"],
+         "aggregator-mean_seed-1": ["--config.aggregator.name=mean", "--config.training.seed=1"],
+         "aggregator-quantize_seed-0": ["--config.aggregator.name=quantize",
+                                        "--config.training.seed=0"],
+         "aggregator-quantize_seed-1": ["--config.aggregator.name=quantize",
+                                        "--config.training.seed=1"]}
+
+
+def _marked() -> set[int]:
+  marker = f"{_MARKER[0]}={_MARKER[1]}".encode()
+  found = set()
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/environ", "rb") as environ:
+        if marker in environ.read().split(b"\0"):
+          with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+              found.add(int(pid))
+    except OSError:
+      continue
+  return found
+
+
+def _wait_until_none_left(timeout_seconds: float = 60.0) -> set[int]:
+  deadline = time.monotonic() + timeout_seconds
+  while _marked() and time.monotonic() < deadline:
+    time.sleep(0.2)
+  return _marked()
+
+
+class SweepTest(absltest.TestCase):
+
+  def test_killed_study_resumes_to_the_runs_alone_with_one_summary(self):
+    root = self.create_tempdir().full_path
+    command = [sys.executable, "-m", "experiments.sweep", f"--root_output_dir={root}",
+               "--jobs=2", *_GRID, *_COMMON]
+    sweep = subprocess.Popen(command, cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    for line in sweep.stdout:
+      seen.append(line)
+      if line.startswith("[") and " round    2/" in line:
+        os.killpg(sweep.pid, signal.SIGKILL)
+        break
+    sweep.wait()
+    self.assertEqual(sweep.returncode, -signal.SIGKILL, "".join(seen))
+    # Its runs, in their own process groups, were told to stop (SIGTERM) when the sweep died.
+    self.assertEqual(_wait_until_none_left(), set())
+    with open(os.path.join(root, study.PLAN_FILE)) as plan:
+      self.assertEqual([(run["name"], run["overrides"]) for run in json.load(plan)["runs"]], [
+          ("aggregator-mean_seed-0", {"aggregator.name": "mean", "training.seed": 0}),
+          ("aggregator-mean_seed-1", {"aggregator.name": "mean", "training.seed": 1}),
+          ("aggregator-quantize_seed-0", {"aggregator.name": "quantize", "training.seed": 0}),
+          ("aggregator-quantize_seed-1", {"aggregator.name": "quantize", "training.seed": 1})])
+
+    again = subprocess.run(command, cwd=_REPO_ROOT, env=_ENV, capture_output=True, text=True,
+                           timeout=600, check=False)
+    self.assertEqual(again.returncode, 0, again.stderr)
+    self.assertEqual(sorted(os.listdir(root)), sorted([*_RUNS, study.PLAN_FILE,
+                                                       study.SUMMARY_FOLDER]))
+    for name in _RUNS:
+      self.assertIn(f"\n{name}: 6 of 6 rounds, final accuracy ", again.stdout)
+
+    alone = os.path.join(self.create_tempdir().full_path)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # The runner, once per config.
+      results = list(pool.map(lambda name: subprocess.run(
+          [sys.executable, "-m", "experiments.run_emnist", f"--root_output_dir={alone}",
+           f"--experiment_name={name}", *_COMMON, *_RUNS[name]], cwd=_REPO_ROOT, env=_ENV,
+          capture_output=True, text=True, timeout=300, check=False), _RUNS))
+    for result in results:
+      self.assertEqual(result.returncode, 0, result.stderr)
+    for name in _RUNS:
+      self.assertEqual(chaos.run_outcome(os.path.join(root, name)),
+                       chaos.run_outcome(os.path.join(alone, name)), name)
+
+    with open(os.path.join(root, study.SUMMARY_FOLDER, "study.md")) as summary:
+      table = summary.read()
+    self.assertEqual(sorted(os.listdir(os.path.join(root, study.SUMMARY_FOLDER))), [
+        "accuracy_vs_aggregated_bits.png", "accuracy_vs_round.png", "comparison.md", "study.md"])
+    grouped = [line for line in table.splitlines() if line.startswith("| aggregator.name=")]
+    self.assertEqual([line.split(" | ")[:2] for line in grouped],
+                     [["| aggregator.name=mean", "2"], ["| aggregator.name=quantize", "2"]])
+    self.assertEqual(sorted(line.split(" | ")[0][2:] for line in table.splitlines()
+                            if line.startswith("| aggregator-")), sorted(_RUNS))
+    self.assertEqual(_wait_until_none_left(), set())
+
+  def test_bad_grid_is_one_line_and_writes_nothing(self):
+    root = os.path.join(self.create_tempdir().full_path, "study")
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", f"--root_output_dir={root}",
+         "--grid=aggregator.bits=4,8", *_COMMON], cwd=_REPO_ROOT, env=_ENV, capture_output=True,
+        text=True, timeout=300, check=False)
+    self.assertEqual(result.returncode, 2)
+    self.assertEqual(result.stderr, "sweep: error: --grid 'aggregator.bits=4,8': unknown config "
+                     "field 'aggregator.bits'.\n")
+    self.assertFalse(os.path.exists(root))
+
+
+if __name__ == "__main__":
+  absltest.main()
