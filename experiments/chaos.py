@@ -145,15 +145,15 @@ def run_to_completion(command: list[str]) -> None:
     raise RuntimeError(f"{' '.join(command)} ended with {result.returncode}: {result.stderr}")
 
 
-def marked_processes() -> set[int]:
-  """PIDs of live processes started by this soak (runners and TFF workers)."""
+def processes_with(variable: bytes) -> set[int]:
+  """PIDs of live (not zombie) processes whose environment holds `variable` (b"NAME=VALUE")."""
   found = set()
   for name in os.listdir("/proc"):
     if not name.isdigit():
       continue
     try:
       with open(f"/proc/{name}/environ", "rb") as environ:
-        marked = _MARKER in environ.read().split(b"\0")
+        marked = variable in environ.read().split(b"\0")
       with open(f"/proc/{name}/stat") as stat:
         state = stat.read().rsplit(")", 1)[1].split()[0]
     except OSError:
@@ -161,6 +161,11 @@ def marked_processes() -> set[int]:
     if marked and state != "Z":
       found.add(int(name))
   return found
+
+
+def marked_processes() -> set[int]:
+  """PIDs of live processes started by this soak (runners and TFF workers)."""
+  return processes_with(_MARKER)
 
 
 def processes_left(timeout_seconds: float = 10.0) -> set[int]:

@@ -31,18 +31,7 @@ _RUNS = {"aggregator-mean_seed-0": ["--config.aggregator.name=mean", "--config.t
 
 
 def _marked() -> set[int]:
-  marker = f"{_MARKER[0]}={_MARKER[1]}".encode()
-  found = set()
-  for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-      with open(f"/proc/{pid}/environ", "rb") as environ:
-        if marker in environ.read().split(b"\0"):
-          with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
-              found.add(int(pid))
-    except OSError:
-      continue
-  return found
+  return chaos.processes_with(f"{_MARKER[0]}={_MARKER[1]}".encode())
 
 
 def _wait_until_none_left(timeout_seconds: float = 60.0) -> set[int]:

@@ -56,15 +56,7 @@ def _addresses(count: int) -> str:
 
 
 def _marked_processes() -> set[int]:
-  found = set()
-  for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-      with open(f"/proc/{pid}/environ", "rb") as environ:
-        if _MARKER.encode() in environ.read().split(b"\0"):
-          found.add(int(pid))
-    except OSError:
-      continue
-  return found
+  return chaos.processes_with(_MARKER.encode())
 
 
 def setUpModule():
