@@ -92,14 +92,16 @@ class _Sweep:
             f"--root_output_dir={self.root}", f"--experiment_name={run.name}",
             *self.base_overrides, *overrides]
 
-  def _relay(self, name: str, process: subprocess.Popen, errors: list[str]) -> None:
+  def _relay(self, name: str, process: subprocess.Popen, others: list[str]) -> None:
+    """Prints the run's round lines; keeps its error message (from its `run_emnist:` line on)."""
     for line in process.stdout:
       if line.startswith("round "):
         self.say(f"[{name}] {line.rstrip()}")
-    errors.extend(process.stderr.read().splitlines())
+      elif line.startswith("run_emnist:") or others:
+        others.append(line.strip())
 
   def _finish(self, name: str, process: subprocess.Popen, relay: threading.Thread,
-              errors: list[str]) -> None:
+              others: list[str]) -> None:
     relay.join()
     status = process.wait()
     self.statuses[name] = status
@@ -109,23 +111,22 @@ class _Sweep:
     elif status == signals.EXIT_CODE_INTERRUPTED:
       self.say(f"{name}: stopped, resumable (exit status 75).")
     else:
-      detail = errors[-1] if errors else ""
-      self.say(f"{name}: failed with exit status {status}: {detail}")
+      self.say(f"{name}: failed with exit status {status}: {' '.join(filter(None, others))}")
 
   def run(self, runs: list[study.PlannedRun]) -> None:
     queue = collections.deque(runs)
-    active = {}  # name -> (relay thread, its error lines)
+    active = {}  # name -> (relay thread, the run's last line other than a round's)
     while queue or self.running:
       while queue and len(self.running) < self.jobs and self.stop_signal is None:
         run = queue.popleft()
         process = subprocess.Popen(self._command(run), cwd=_REPO_ROOT, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env=dict(os.environ, PYTHONPATH=_REPO_ROOT),
                                    preexec_fn=_child_setup)
-        errors = []
-        relay = threading.Thread(target=self._relay, args=(run.name, process, errors), daemon=True)
+        others = []
+        relay = threading.Thread(target=self._relay, args=(run.name, process, others), daemon=True)
         relay.start()
-        self.running[run.name], active[run.name] = process, (relay, errors)
+        self.running[run.name], active[run.name] = process, (relay, others)
       if self.stop_signal is not None:
         queue.clear()
       for name, process in list(self.running.items()):
