@@ -1,7 +1,7 @@
 """Runs a study: every run of a grid of config values, each an ordinary resumable run, then one
 comparison. Run the same command again to continue it.
 
-    python -m experiments.sweep --config=configs/emnist_compression.py --root_output_dir=runs/study \\
+    python -m experiments.sweep --config=configs/demo.py --root_output_dir=runs/study \\
         --grid=aggregator.name=mean,compression,quantize --grid=aggregator.quantize.bits=4,8 \\
         --grid=training.seed=0,1 --jobs=2
 
