@@ -44,7 +44,7 @@ class BenchmarkReportTest(absltest.TestCase):
     self.assertEqual(sorted(rounds), [
         "bare_one_batch_per_client", "bare_process_next", "bare_worker_concurrency_2",
         "bare_worker_concurrency_4", "bare_worker_concurrency_unlimited",
-        "floor_one_batch_per_client", "plain_tf_floor", "runner"])
+        "floor_one_batch_per_client", "in_memory_floor", "plain_tf_floor", "runner"])
     self.assertEqual({stats["n"] for stats in rounds.values()}, {2})
     median = {name: stats["median_s"] for name, stats in rounds.items()}
     seconds = report["rounds"]["seconds"]
@@ -52,6 +52,9 @@ class BenchmarkReportTest(absltest.TestCase):
     self.assertEqual(report["rounds"]["floor_ratio"], statistics.median(
         [bare / floor for bare, floor in zip(seconds["bare_process_next"],
                                              seconds["plain_tf_floor"])]))
+    self.assertEqual(report["rounds"]["in_memory_floor_ratio"], statistics.median(
+        [bare / floor for bare, floor in zip(seconds["bare_process_next"],
+                                             seconds["in_memory_floor"])]))
     self.assertEqual(report["rounds"]["wrapper_overhead_side_by_side"], statistics.median(
         [runner / bare for runner, bare in zip(seconds["runner"], seconds["bare_process_next"])]))
     # The runner's round includes the bare round's work, so its own share is at least 1.
