@@ -16,7 +16,10 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Starts the execution context, runs a federated computation, prints the worker's pid, then ends as
 # argv[1] says: "exit" normally, "raise" with an uncaught exception, "wait" until a signal arrives.
 _PROGRAM = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    # Python's own SIGINT handling even when started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits SIG_IGN, and Python then keeps it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from tff_resume.runtime import local_worker
     local_worker.quiet_tensorflow_logging()
     import tensorflow_federated as tff
@@ -83,7 +86,7 @@ class LocalWorkerTest(absltest.TestCase):
         self.assertTrue(_is_running(worker_pid))
         self.assertEqual(_parent_of(worker_pid), program.pid)
         program.send_signal(signal_number)
-      self.assertEqual(program.wait(timeout=120), expected_returncode)  # Slow under heavy load.
+      self.assertEqual(program.wait(timeout=60), expected_returncode)
       self.assertTrue(_wait_until_stopped(worker_pid),
                       f"worker {worker_pid} survived a program that ended by {ending}")
     finally:
