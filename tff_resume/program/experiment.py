@@ -119,7 +119,8 @@ def runtime_settings(config) -> dict[str, Any]:
   except ValueError as error:
     raise ConfigError(f"config.{error}") from None
   return {"workers": addresses, "num_subrounds": runtime.get("num_subrounds", 0),
-          "worker_timeout_seconds": runtime.get("connect_timeout_seconds", 15.0)}
+          "worker_timeout_seconds": runtime.get("connect_timeout_seconds",
+                                                workers.CONNECT_TIMEOUT_SECONDS)}
 
 
 def load_data(config):

@@ -138,7 +138,8 @@ class ResumableLoop:
                client_examples: Callable[[str], int] | None = None,
                seeds: Mapping[str, int] | None = None, start_worker: bool = True,
                workers: Sequence[str] = (), num_subrounds: int = 0,
-               worker_timeout_seconds: float = 15.0, verbose: bool = False):
+               worker_timeout_seconds: float = workers_lib.CONNECT_TIMEOUT_SECONDS,
+               verbose: bool = False):
     """Describes the run; nothing is read or written before `train`.
 
     Args:

@@ -28,7 +28,7 @@ from absl import logging as absl_logging
 import portpicker
 
 _PR_SET_PDEATHSIG = 1
-_WORKER_START_TIMEOUT_SECONDS = 60.0
+WORKER_START_TIMEOUT_SECONDS = 60.0
 _WORKER_READY_POLL_SECONDS = 0.02
 _WORKER_STOP_TIMEOUT_SECONDS = 5.0
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
@@ -135,7 +135,7 @@ class LocalWorker:
     atexit.unregister(self.stop)
 
   def wait_until_ready(self, stub: Any) -> None:
-    if not wait_for_stub(stub, _WORKER_START_TIMEOUT_SECONDS, self.process):
+    if not wait_for_stub(stub, WORKER_START_TIMEOUT_SECONDS, self.process):
       if self.process.poll() is not None:
         raise WorkerStartError(
             f"TFF's worker binary exited with code {self.process.returncode} before serving on "
@@ -143,7 +143,7 @@ class LocalWorker:
       self.stop()
       raise WorkerStartError(
           f"TFF's worker binary did not serve on port {self.port} within "
-          f"{_WORKER_START_TIMEOUT_SECONDS:.0f} s.")
+          f"{WORKER_START_TIMEOUT_SECONDS:.0f} s.")
 
 
 def wait_for_stub(stub: Any, timeout_seconds: float,
@@ -182,6 +182,21 @@ def install_guard_context() -> None:
       compiler_fn=tff.backends.native.desugar_and_transform_to_native))
 
 
+def executor_factory(stub: Any, default_num_clients: int = 0):
+  """TFF's executor factory over one worker's `RemoteExecutorGrpcStub`; a computation whose
+  arguments do not imply the number of clients (initialization, a merge) gets
+  `default_num_clients`."""
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+  def executor_stack(cardinalities):
+    cardinalities.setdefault(tff.CLIENTS, default_num_clients)
+    executor = tff.framework.RemoteExecutor(stub)
+    executor.set_cardinalities(cardinalities)
+    return executor
+
+  return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=executor_stack)
+
+
 def start_local_execution_context(
     max_concurrent_computation_calls: int = -1,
     default_num_clients: int = 0,
@@ -212,16 +227,8 @@ def start_local_execution_context(
   channel = grpc.insecure_channel(f"localhost:{worker.port}", GRPC_CHANNEL_OPTIONS)
   stub = tff.framework.RemoteExecutorGrpcStub(channel)
   worker.wait_until_ready(stub)
-
-  def executor_stack(cardinalities):
-    if cardinalities.get(tff.CLIENTS) is None:
-      cardinalities[tff.CLIENTS] = default_num_clients
-    executor = tff.framework.RemoteExecutor(stub)
-    executor.set_cardinalities(cardinalities)
-    return executor
-
   context = tff.framework.SyncExecutionContext(
-      executor_fn=tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=executor_stack),
+      executor_fn=executor_factory(stub, default_num_clients),
       compiler_fn=tff.backends.native.desugar_and_transform_to_native,
       transform_args=tff.tensorflow.transform_args,
       transform_result=tff.tensorflow.transform_result,

@@ -18,7 +18,6 @@ import time
 from tff_resume.runtime import local_worker
 
 EXIT_CODE_WORKER_FAILED = 1
-_READY_TIMEOUT_SECONDS = 60.0
 _POLL_SECONDS = 0.2
 
 
@@ -64,7 +63,7 @@ def serve(port: int, host: str | None = None, max_concurrent_computation_calls: 
               for number in (signal.SIGTERM, signal.SIGINT)}
   worker = local_worker.LocalWorker(max_concurrent_computation_calls, show_output, port=port)
   try:
-    deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+    deadline = time.monotonic() + local_worker.WORKER_START_TIMEOUT_SECONDS
     while not stop and worker.process.poll() is None and time.monotonic() < deadline:
       if _accepts_connections(port):
         break

@@ -31,7 +31,7 @@ from tensorflow_federated.python.core.impl.types import type_conversions
 
 from tff_resume.runtime import local_worker
 
-_READY_TIMEOUT_SECONDS = 15.0
+CONNECT_TIMEOUT_SECONDS = 15.0  # runtime.connect_timeout_seconds's default.
 
 
 class WorkerError(RuntimeError):
@@ -111,20 +111,9 @@ def _stub(address: str) -> _FailFastStub:
   return _FailFastStub(tff.framework.RemoteExecutorGrpcStub(channel))
 
 
-def _executor_factory(stub, default_num_clients: int = 0):
-  def executor_stack(cardinalities):
-    # Merges and after-merge steps carry no clients-placed value to infer the number from.
-    cardinalities.setdefault(tff.CLIENTS, default_num_clients)
-    executor = tff.framework.RemoteExecutor(stub)
-    executor.set_cardinalities(cardinalities)
-    return executor
-
-  return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=executor_stack)
-
-
 def _async_context(stub) -> tff.framework.AsyncExecutionContext:
   return tff.framework.AsyncExecutionContext(
-      executor_fn=_executor_factory(stub),
+      executor_fn=local_worker.executor_factory(stub),
       compiler_fn=tff.backends.native.desugar_and_transform_to_native,
       transform_args=tff.tensorflow.transform_args,
       transform_result=tff.tensorflow.transform_result)
@@ -231,7 +220,8 @@ class SubroundContext(tff.framework.SyncContext):
     return results
 
 
-def connect(addresses: Sequence[str], timeout_seconds: float = _READY_TIMEOUT_SECONDS) -> list[Any]:
+def connect(addresses: Sequence[str], timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
+            ) -> list[Any]:
   """Returns a ready stub per worker.
 
   Raises:
@@ -259,7 +249,7 @@ class RemoteWorkers:
 
 def start_execution_context(addresses: Sequence[str] = (), num_subrounds: int = 0,
                             show_worker_output: bool = False,
-                            timeout_seconds: float = _READY_TIMEOUT_SECONDS):
+                            timeout_seconds: float = CONNECT_TIMEOUT_SECONDS):
   """Installs TFF's default context on the workers at `addresses`, or on a local worker of this
   program's own when there are none (`local_worker`'s guarantees), splitting rounds into
   `num_subrounds` (0: not split); waits up to `timeout_seconds` for each remote worker.
