@@ -30,6 +30,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "cnn"  # "cnn", "2nn", "linear", or your own as "module:function".
   config.model.initial_weights = ""  # Warm start: an export folder or a run folder; "" is seeded.
+  config.model.compute_dtype = "float32"  # "float32", or "bfloat16" (float32 weights, bf16 math).
 
   config.client = ml_collections.ConfigDict()
   config.client.learning_rate = 0.02

@@ -2,7 +2,9 @@
 
 A client's training examples in round r are shuffled with a seed derived from `(seed, round, client
 id)` alone (SHA-256, not Python's salted `hash`), so a resumed round replays exactly the batches of the
-original round in any process. Elements become `OrderedDict(x=..., y=...)` batches: `x` float32
+original round in any process. With several epochs a client's examples are cached in memory after the
+first pass (the same elements in the same order, so the same batches), so the later epochs do not
+read and parse them again. Elements become `OrderedDict(x=..., y=...)` batches: `x` float32
 `[batch, 28, 28, 1]` (images) or `[batch, 784]` (flattened), `y` int32 `[batch, 1]`.
 """
 
@@ -68,7 +70,10 @@ def _limit(dataset: tf.data.Dataset, spec: PreprocessSpec) -> tf.data.Dataset:
 def preprocess_for_training(dataset: tf.data.Dataset, spec: PreprocessSpec, *, seed: int,
                             round_num: int, client_id: str) -> tf.data.Dataset:
   """Returns a client's training batches for one round, in an order fixed by (seed, round, client)."""
-  dataset = _limit(dataset, spec).shuffle(
+  dataset = _limit(dataset, spec)
+  if spec.epochs > 1:  # Read (and parse) the client's examples once a round, not once an epoch.
+    dataset = dataset.cache()
+  dataset = dataset.shuffle(
       spec.shuffle_buffer, seed=shuffle_seed(seed, round_num, client_id),
       reshuffle_each_iteration=True)
   return dataset.repeat(spec.epochs).batch(spec.batch_size).map(_to_batch_format(spec))

@@ -8,17 +8,24 @@
 Every initializer has its own seed derived from the model seed, so the same seed gives the same
 initial weights in any process. Models output logits.
 
+Compute dtype `bfloat16` builds the model under Keras's `mixed_bfloat16` policy: the variables (so the
+weights TFF averages, counts the bits of and checkpoints) stay float32, the layers compute in
+bfloat16, and a final float32 layer gives float32 logits to the loss. The weights are those of the
+float32 model, variable for variable, so a float32 export or warm start reads them.
+
 Your own model: a model name of the form `module:function` names a Python callable
 `function(num_classes, seed)` returning an uncompiled `tf.keras.Model` that maps images
 `[batch, 28, 28, 1]` to logits `[batch, num_classes]` (see `experiments/custom_model.py`).
 """
 
+import contextlib
 import importlib
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
 MODEL_NAMES = ("cnn", "2nn", "linear")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 IMAGE_SIDE = 28
 
 
@@ -69,15 +76,59 @@ def _call_custom(function, model_name: str, num_classes: int, seed: int) -> tf.k
   return model
 
 
-def create_keras_model(model_name: str, num_classes: int, seed: int) -> tf.keras.Model:
-  """Returns the named model, uncompiled, with weights drawn from `seed`.
+def check_compute_dtype(compute_dtype: str) -> None:
+  """Raises ValueError unless `compute_dtype` is one of COMPUTE_DTYPES."""
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"model.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got "
+                     f"{compute_dtype!r}.")
+
+
+@contextlib.contextmanager
+def _keras_policy(compute_dtype: str):
+  """Layers created inside compute in `compute_dtype` (variables stay float32)."""
+  check_compute_dtype(compute_dtype)
+  if compute_dtype == "float32":
+    yield
+    return
+  previous = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def create_keras_model(model_name: str, num_classes: int, seed: int,
+                       compute_dtype: str = "float32") -> tf.keras.Model:
+  """Returns the named model, uncompiled, with weights drawn from `seed`, computing in
+  `compute_dtype` (one of COMPUTE_DTYPES; the weights are float32 either way).
 
   Raises:
     UnknownModelError: `model_name` is not one of MODEL_NAMES.
+    ValueError: `compute_dtype` is not one of COMPUTE_DTYPES.
   """
   check_model_name(model_name)
-  if is_custom(model_name):
-    return _call_custom(_custom_model_callable(model_name), model_name, num_classes, seed)
+  function = _custom_model_callable(model_name) if is_custom(model_name) else None
+  return _create_keras_model(model_name, num_classes, seed, compute_dtype, function)
+
+
+def _create_keras_model(model_name: str, num_classes: int, seed: int, compute_dtype: str,
+                        function) -> tf.keras.Model:
+  """`create_keras_model` with a custom model's `function` already imported (or None)."""
+  with _keras_policy(compute_dtype):
+    model = (_builtin_model(model_name, num_classes, seed) if function is None
+             else _call_custom(function, model_name, num_classes, seed))
+  if compute_dtype == "float32":
+    return model
+  if not model.outputs:
+    raise UnknownModelError(
+        f"Model {model_name!r} cannot compute in {compute_dtype}: it has no known outputs (give its "
+        "first layer an input shape, or build it as a functional model).")
+  logits = tf.keras.layers.Activation("linear", dtype="float32", name="float32_logits")
+  return tf.keras.Model(model.inputs, logits(model.outputs[0]), name=model.name)
+
+
+def _builtin_model(model_name: str, num_classes: int, seed: int) -> tf.keras.Model:
   seeds = iter(range(seed * 1000, seed * 1000 + 1000))
 
   def dense(units, activation=None):
@@ -108,7 +159,8 @@ def create_keras_model(model_name: str, num_classes: int, seed: int) -> tf.keras
   return tf.keras.Sequential(layers, name=model_name)
 
 
-def build_model_fn(model_name: str, num_classes: int, seed: int, input_spec):
+def build_model_fn(model_name: str, num_classes: int, seed: int, input_spec,
+                   compute_dtype: str = "float32"):
   """Returns a no-argument function building the model as a `tff.learning.models.VariableModel`.
 
   Args:
@@ -116,15 +168,16 @@ def build_model_fn(model_name: str, num_classes: int, seed: int, input_spec):
     num_classes: 10 for digits, 62 for all of EMNIST.
     seed: initialization seed.
     input_spec: the element spec of the client batches (see `data.preprocessing.element_spec`).
+    compute_dtype: one of COMPUTE_DTYPES: what the layers compute in (weights stay float32).
   """
   check_model_name(model_name)  # Fail now, not inside TFF's tracing.
+  check_compute_dtype(compute_dtype)
   # A custom model's function is imported now too: importing inside TFF's tracing would make
   # AutoGraph try (and fail, noisily) to convert importlib.
   function = _custom_model_callable(model_name) if is_custom(model_name) else None
 
   def model_fn():
-    keras_model = (create_keras_model(model_name, num_classes, seed) if function is None
-                   else _call_custom(function, model_name, num_classes, seed))
+    keras_model = _create_keras_model(model_name, num_classes, seed, compute_dtype, function)
     return tff.learning.models.from_keras_model(
         keras_model,
         input_spec=input_spec,

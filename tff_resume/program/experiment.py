@@ -78,10 +78,13 @@ def validate(config) -> None:
   _check_numbers(config)
   _require(config.data.source in DATA_SOURCES, "data.source",
            f"must be one of {', '.join(DATA_SOURCES)}, got {config.data.source!r}.")
+  _require(config.model.compute_dtype in models.COMPUTE_DTYPES, "model.compute_dtype",
+           f"must be one of {', '.join(models.COMPUTE_DTYPES)}, got {config.model.compute_dtype!r}.")
   try:
     models.check_model_name(config.model.name)
     if models.is_custom(config.model.name):  # Built once now: it must return a Keras model.
-      models.create_keras_model(config.model.name, num_classes(config), config.training.seed)
+      models.create_keras_model(config.model.name, num_classes(config), config.training.seed,
+                                config.model.compute_dtype)
   except models.UnknownModelError as error:
     raise ConfigError(f"config.model.name: {error}") from None
   except Exception as error:  # pylint: disable=broad-except
@@ -138,7 +141,8 @@ def check_population(config, train) -> None:
 
 def _model_fn(config):
   return models.build_model_fn(config.model.name, num_classes(config), config.training.seed,
-                               preprocessing.element_spec(preprocess_spec(config)))
+                               preprocessing.element_spec(preprocess_spec(config)),
+                               config.model.compute_dtype)
 
 
 def server_optimizer_spec(config) -> algorithms.ServerOptimizerSpec:
@@ -204,7 +208,8 @@ def build_evaluation(config, test_data):
 
   def evaluate(model_weights):
     if not built:
-      evaluation = tff.learning.algorithms.build_fed_eval(_model_fn(config))
+      evaluation = tff.learning.algorithms.build_fed_eval(
+          _model_fn(config), loop_implementation=algorithms.LOOP_IMPLEMENTATION)
       built.extend((evaluation, evaluation.initialize()))
       datasets.extend(preprocessing.preprocess_for_evaluation(
           test_data.create_tf_dataset_for_client(client_id), spec) for client_id in client_ids)

@@ -7,7 +7,8 @@ per round, the seed and `runtime.num_subrounds` (how a round's aggregate is summ
 runs on are not part of it). Fields that do not change the math (`training.total_rounds`, `checkpoint.*`,
 `data.cache_dir` itself, and the settings of the data source, server optimizers and aggregators not
 chosen) may change between starts. Fields added with a default that reproduces the runs before them
-(`algorithm.*` for FedAvg, `server.optimizer` for SGD, `model.initial_weights` unset) are left out,
+(`algorithm.*` for FedAvg, `server.optimizer` for SGD, `model.initial_weights` unset,
+`model.compute_dtype` float32) are left out,
 so those runs keep their fingerprints and can still be resumed.
 """
 
@@ -20,6 +21,9 @@ from tff_resume.program import global_model
 MATH_SECTIONS = ("algorithm", "data", "model", "client", "server", "aggregator")
 MATH_TRAINING_FIELDS = ("clients_per_round", "seed")
 _ABSENT = "(absent)"
+# Fields left out of a fingerprint at these values (runs before the field had them): a difference
+# shows the value rather than "(absent)".
+_LEFT_OUT_DEFAULTS = {"model.compute_dtype": "float32", "server.optimizer": "sgd"}
 
 
 class FingerprintMismatchError(ValueError):
@@ -65,6 +69,8 @@ def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     path = emnist.require_emnist_database(config["data"]["cache_dir"] or None)
     fields["data.file_bytes"] = os.path.getsize(path)
   unused = inapplicable_prefixes(config)
+  if fields.get("model.compute_dtype") == "float32":
+    del fields["model.compute_dtype"]  # The default: fingerprints stay those of runs before it.
   if config["server"]["optimizer"] == "sgd":
     del fields["server.optimizer"]  # The default: fingerprints stay those of runs before the field.
   if config["algorithm"]["name"] == "fedavg":
@@ -91,11 +97,16 @@ def differences(saved: Mapping[str, Any],
                 current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
   """Returns (field, saved value, current value) for every field that differs, sorted by field.
 
-  A field present on one side only shows as "(absent)" on the other.
+  A field present on one side only shows as "(absent)" on the other, or as its value where it is
+  left out at a default (`model.compute_dtype` float32, `server.optimizer` sgd).
   """
   fields = sorted(set(saved) | set(current))
-  return [(field, saved.get(field, _ABSENT), current.get(field, _ABSENT)) for field in fields
-          if saved.get(field, _ABSENT) != current.get(field, _ABSENT)]
+  changed = []
+  for field in fields:
+    missing = _LEFT_OUT_DEFAULTS.get(field, _ABSENT)
+    if saved.get(field, missing) != current.get(field, missing):
+      changed.append((field, saved.get(field, missing), current.get(field, missing)))
+  return changed
 
 
 def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: str) -> None:
