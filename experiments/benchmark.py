@@ -70,6 +70,8 @@ _RESUME_TOTAL_ROUNDS = 10
 TARGETS = {
     "wrapper_overhead": 1.03,
     "floor_ratio": 1.3,
+    "in_memory_floor_ratio": 1.15,
+    "bfloat16_in_memory_floor_ratio": 0.75,
     "checkpoint_save_vs_file_manager": 0.5,
     "checkpoint_share_of_round": 0.02,
     "resume_extra_seconds": 1.0,
@@ -119,7 +121,7 @@ class FloorTrainer:
 
   def _train_client(self, dataset):
     examples = tf.constant(0, tf.int32)
-    for batch in dataset:
+    for batch in iter(dataset):  # A while loop over the iterator, as the clients' (the fastest).
       self._step(batch["x"], batch["y"])
       examples += tf.shape(batch["y"])[0]
     return examples
@@ -158,9 +160,13 @@ class FloorTrainer:
 
 
 class Workload:
-  """A FedAvg process with its data, client functions and a bare-loop state."""
+  """A FedAvg process with its data, client functions and a bare-loop state (`compute_dtype`
+  overrides the config's `model.compute_dtype`)."""
 
-  def __init__(self, config):
+  def __init__(self, config, compute_dtype: str | None = None):
+    if compute_dtype is not None:
+      config = config.copy_and_resolve_references()
+      config.model.compute_dtype = compute_dtype
     self.config = config
     self.train_data, _ = experiment.load_data(config)
     aggregator = experiment.build_aggregator(config)
@@ -242,19 +248,23 @@ def _tiny_datasets(workload: Workload):
 
 def bench_rounds(workload: Workload, scratch: str, repetitions: int,
                  worker: local_worker.LocalWorker) -> dict:
-  """Sections 1 and 2: the runner's round, a bare `process.next` round and the plain-TF floor on the
-  same examples, alternated; then where a TFF round's time goes besides the SGD steps."""
+  """Sections 1 and 2: the runner's round, a bare `process.next` round (float32 and bfloat16) and
+  the plain-TF floors on the same examples, alternated; then where a TFF round's time goes besides
+  the SGD steps."""
   runner = RunnerLoop(workload, os.path.join(scratch, "runner"))
+  bfloat16 = Workload(workload.config, compute_dtype="bfloat16")
   floor = FloorTrainer(workload.config)
   datasets = workload.datasets(1)
   batches = FloorTrainer.materialize(datasets)
   tiny = _tiny_datasets(workload)
   _log("rounds: warm-up (tracing)")
   workload.bare_round(datasets)
+  bfloat16.bare_round(datasets)
   runner.round()
   floor.round(datasets)
   floor.round(batches, in_memory=True)
   seconds = measure.alternate({"bare_process_next": lambda: workload.bare_round(datasets),
+                               "bare_bfloat16": lambda: bfloat16.bare_round(datasets),
                                "runner": runner.round,
                                "plain_tf_floor": lambda: floor.round(datasets),
                                "in_memory_floor": lambda: floor.round(batches, in_memory=True)},
@@ -299,6 +309,8 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
           measure.paired_ratios(seconds, "bare_process_next", "plain_tf_floor")),
       "in_memory_floor_ratio": statistics.median(
           measure.paired_ratios(seconds, "bare_process_next", "in_memory_floor")),
+      "bfloat16_in_memory_floor_ratio": statistics.median(
+          measure.paired_ratios(seconds, "bare_bfloat16", "in_memory_floor")),
       "fixed_seconds_per_round": (median["bare_one_batch_per_client"]
                                   - median["floor_one_batch_per_client"]),
       "runner_checkpoint_median_s": statistics.median(runner.checkpoint_seconds[1:]),
@@ -469,8 +481,10 @@ def _render_core(report: dict) -> list[str]:
       f"median of the runner/bare ratios of back-to-back rounds is "
       f"{rounds['wrapper_overhead_side_by_side']:.3f} (round times vary more than that effect).",
       f"- floor_ratio is the median of bare/floor ratios of back-to-back rounds on the same examples; "
-      f"against the in-memory floor (the same SGD steps on batches materialized before timing, "
-      f"no input pipeline) a bare round is {rounds['in_memory_floor_ratio']:.3f}x.",
+      f"in_memory_floor_ratio is the same against the in-memory floor (the same SGD steps, float32, "
+      f"on batches materialized before timing: no input pipeline), and "
+      f"bfloat16_in_memory_floor_ratio that of a bare round with `model.compute_dtype=bfloat16` "
+      f"against the same float32 floor.",
       f"- With one batch per client, a TFF round minus the floor's is "
       f"{rounds['fixed_seconds_per_round']:+.3f} s ({100 * rounds['fixed_seconds_per_round'] / bare:+.1f}%"
       " of a full bare round): TFF's fixed costs per round (serializing datasets and weights to the "
@@ -510,6 +524,8 @@ def _core_sections(scratch: str, quick: bool, repetitions: int, worker) -> dict:
   scaling = bench_scaling(quick, worker, max(1, repetitions // 2), cnn)
   values = {"wrapper_overhead": rounds["wrapper_overhead_in_round"],
             "floor_ratio": rounds["floor_ratio"],
+            "in_memory_floor_ratio": rounds["in_memory_floor_ratio"],
+            "bfloat16_in_memory_floor_ratio": rounds["bfloat16_in_memory_floor_ratio"],
             "checkpoint_save_vs_file_manager": checkpoints["checkpoint_save_vs_file_manager"],
             "checkpoint_share_of_round": checkpoints["checkpoint_share_of_round"],
             "resume_extra_seconds": resume["resume_extra_seconds"]}

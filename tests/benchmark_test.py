@@ -42,7 +42,8 @@ class BenchmarkReportTest(absltest.TestCase):
 
     rounds = report["rounds"]["contenders"]
     self.assertEqual(sorted(rounds), [
-        "bare_one_batch_per_client", "bare_process_next", "bare_worker_concurrency_2",
+        "bare_bfloat16", "bare_one_batch_per_client", "bare_process_next",
+        "bare_worker_concurrency_2",
         "bare_worker_concurrency_4", "bare_worker_concurrency_unlimited",
         "floor_one_batch_per_client", "in_memory_floor", "plain_tf_floor", "runner"])
     self.assertEqual({stats["n"] for stats in rounds.values()}, {2})
@@ -52,9 +53,14 @@ class BenchmarkReportTest(absltest.TestCase):
     self.assertEqual(report["rounds"]["floor_ratio"], statistics.median(
         [bare / floor for bare, floor in zip(seconds["bare_process_next"],
                                              seconds["plain_tf_floor"])]))
-    self.assertEqual(report["rounds"]["in_memory_floor_ratio"], statistics.median(
-        [bare / floor for bare, floor in zip(seconds["bare_process_next"],
-                                             seconds["in_memory_floor"])]))
+    for contender, ratio in (("bare_process_next", "in_memory_floor_ratio"),
+                             ("bare_bfloat16", "bfloat16_in_memory_floor_ratio")):
+      self.assertEqual(report["rounds"][ratio], statistics.median(
+          [bare / floor for bare, floor in zip(seconds[contender], seconds["in_memory_floor"])]))
+      self.assertEqual(report["targets"][ratio]["value"], report["rounds"][ratio])
+    self.assertEqual({name: report["targets"][name]["target"] for name in (
+        "in_memory_floor_ratio", "bfloat16_in_memory_floor_ratio")},
+                     {"in_memory_floor_ratio": 1.15, "bfloat16_in_memory_floor_ratio": 0.75})
     self.assertEqual(report["rounds"]["wrapper_overhead_side_by_side"], statistics.median(
         [runner / bare for runner, bare in zip(seconds["runner"], seconds["bare_process_next"])]))
     # The runner's round includes the bare round's work, so its own share is at least 1.
