@@ -23,7 +23,7 @@ demo: $(INSTALLED)
 	$(VENV_PYTHON) -m experiments.run_emnist --config=configs/demo.py --root_output_dir=$(DEMO_OUTPUT) --experiment_name=demo
 
 test: $(INSTALLED)
-	$(VENV_PYTHON) -m pytest tests
+	$(VENV_PYTHON) -m pytest -n auto --maxprocesses=4 --dist loadfile tests
 
 # Re-solves requirements.txt in a scratch environment and rewrites requirements.lock.
 lock:

@@ -277,26 +277,24 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
   seconds.update(measure.alternate(
       {"bare_one_batch_per_client": lambda: workload.bare_round(tiny),
        "floor_one_batch_per_client": lambda: floor.round(tiny)}, repetitions))
-  _log("rounds: worker concurrency settings")
-  concurrency = {}
-  for limit in (2, 4):
-    concurrency[f"bare_worker_concurrency_{limit}"] = local_worker.start_local_execution_context(
-        max_concurrent_computation_calls=limit)
+  _log("rounds: worker concurrency, as many clients at once as cores (the default) or all")
+  unlimited = local_worker.start_local_execution_context(max_concurrent_computation_calls=-1)
 
-  def bare_with(context):
+  def bare_with(context, bare):
     def round_with_context():
       tff.framework.set_default_context(context)
-      workload.bare_round(datasets)
+      bare.bare_round(datasets)
     return round_with_context
 
-  contenders = {"bare_worker_concurrency_unlimited": bare_with(worker.context)}
-  contenders.update({name: bare_with(other.context) for name, other in concurrency.items()})
+  contenders = {"bare_worker_concurrency_cores": bare_with(worker.context, workload),
+                "bare_worker_concurrency_unlimited": bare_with(unlimited.context, workload),
+                "bare_bfloat16_worker_concurrency_cores": bare_with(worker.context, bfloat16),
+                "bare_bfloat16_worker_concurrency_unlimited": bare_with(unlimited.context, bfloat16)}
   for contender in contenders.values():
     contender()  # Warm-up of each worker.
   seconds.update(measure.alternate(contenders, repetitions))
   tff.framework.set_default_context(worker.context)
-  for other in concurrency.values():
-    other.stop()
+  unlimited.stop()
   summary = measure.summarize(seconds)
   median = {name: stats["median_s"] for name, stats in summary.items()}
   return {
@@ -311,6 +309,10 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
           measure.paired_ratios(seconds, "bare_process_next", "in_memory_floor")),
       "bfloat16_in_memory_floor_ratio": statistics.median(
           measure.paired_ratios(seconds, "bare_bfloat16", "in_memory_floor")),
+      "unlimited_concurrency_vs_cores": {dtype: statistics.median(measure.paired_ratios(
+          seconds, f"bare{infix}_worker_concurrency_unlimited", f"bare{infix}_worker_concurrency_cores"))
+                                         for dtype, infix in (("float32", ""),
+                                                              ("bfloat16", "_bfloat16"))},
       "fixed_seconds_per_round": (median["bare_one_batch_per_client"]
                                   - median["floor_one_batch_per_client"]),
       "runner_checkpoint_median_s": statistics.median(runner.checkpoint_seconds[1:]),
@@ -490,6 +492,11 @@ def _render_core(report: dict) -> list[str]:
       " of a full bare round): TFF's fixed costs per round (serializing datasets and weights to the "
       "worker, gRPC, aggregation); negative means they are below the floor's own per-client Python "
       "overhead.",
+      f"- The worker runs as many clients at once as there are cores ({os.cpu_count()} here); "
+      f"with no limit (TFF's default) a round takes "
+      f"{rounds['unlimited_concurrency_vs_cores']['float32']:.3f}x as long in float32 and "
+      f"{rounds['unlimited_concurrency_vs_cores']['bfloat16']:.3f}x in bfloat16 (medians of paired "
+      "ratios).",
   ]
   for section in ("rounds", "checkpoints", "resume"):
     lines += ["", f"## {section}", "", "| contender | median s | min s | max s |",

@@ -115,10 +115,12 @@ class ClientLoopTest(absltest.TestCase):
     train, _ = experiment.load_data(config)
     client_ids = sorted(train.client_ids)[:3]
 
+    batch_format = preprocessing._to_batch_format(spec)  # pylint: disable=protected-access
+
     def uncached(dataset, round_num, client_id):  # The pipeline as it was before the cache.
       seed = preprocessing.shuffle_seed(config.training.seed, round_num, client_id)
       return dataset.shuffle(spec.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat(
-          spec.epochs).batch(spec.batch_size).map(preprocessing._to_batch_format(spec))  # pylint: disable=protected-access
+          spec.epochs).batch(spec.batch_size).map(batch_format)
 
     ours = experiment.build_process(config)
     self.assertEqual(algorithms.LOOP_IMPLEMENTATION,

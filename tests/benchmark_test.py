@@ -42,9 +42,9 @@ class BenchmarkReportTest(absltest.TestCase):
 
     rounds = report["rounds"]["contenders"]
     self.assertEqual(sorted(rounds), [
-        "bare_bfloat16", "bare_one_batch_per_client", "bare_process_next",
-        "bare_worker_concurrency_2",
-        "bare_worker_concurrency_4", "bare_worker_concurrency_unlimited",
+        "bare_bfloat16", "bare_bfloat16_worker_concurrency_cores",
+        "bare_bfloat16_worker_concurrency_unlimited", "bare_one_batch_per_client",
+        "bare_process_next", "bare_worker_concurrency_cores", "bare_worker_concurrency_unlimited",
         "floor_one_batch_per_client", "in_memory_floor", "plain_tf_floor", "runner"])
     self.assertEqual({stats["n"] for stats in rounds.values()}, {2})
     median = {name: stats["median_s"] for name, stats in rounds.items()}
@@ -61,6 +61,10 @@ class BenchmarkReportTest(absltest.TestCase):
     self.assertEqual({name: report["targets"][name]["target"] for name in (
         "in_memory_floor_ratio", "bfloat16_in_memory_floor_ratio")},
                      {"in_memory_floor_ratio": 1.15, "bfloat16_in_memory_floor_ratio": 0.75})
+    self.assertEqual(report["rounds"]["unlimited_concurrency_vs_cores"]["bfloat16"], statistics.median(
+        [unlimited / cores for unlimited, cores in zip(
+            seconds["bare_bfloat16_worker_concurrency_unlimited"],
+            seconds["bare_bfloat16_worker_concurrency_cores"])]))
     self.assertEqual(report["rounds"]["wrapper_overhead_side_by_side"], statistics.median(
         [runner / bare for runner, bare in zip(seconds["runner"], seconds["bare_process_next"])]))
     # The runner's round includes the bare round's work, so its own share is at least 1.

@@ -72,8 +72,9 @@ def _build_parser() -> argparse.ArgumentParser:
   worker.add_argument("--host", default=None,
                       help="the name or address runs reach this machine by (printed in the log "
                       "line); default the hostname. TFF's worker listens on every interface.")
-  worker.add_argument("--max_concurrent_computation_calls", type=int, default=-1,
-                      help="limit on client computations run in parallel; -1 none")
+  worker.add_argument("--max_concurrent_computation_calls", type=int, default=None,
+                      help="limit on client computations run in parallel; default this "
+                      "machine's CPU cores; -1 none")
   return parser
 
 

@@ -87,6 +87,13 @@ def worker_binary_path() -> str:
   return os.path.join(spec.submodule_search_locations[0], "data", "worker_binary")
 
 
+def default_concurrency() -> int:
+  """The default limit on client computations a worker runs at once: the CPU cores this process may
+  use. TFF's own default (no limit) starts every client of a round at once; they then contend for
+  the cores, which was slower here (1.4x with bfloat16, see the README's benchmark section)."""
+  return len(os.sched_getaffinity(0))
+
+
 class LocalWorker:
   """One TFF `worker_binary` process owned by this program.
 
@@ -95,8 +102,12 @@ class LocalWorker:
     port: the localhost port it serves on.
   """
 
-  def __init__(self, max_concurrent_computation_calls: int = -1, show_output: bool = False,
+  def __init__(self, max_concurrent_computation_calls: int | None = None, show_output: bool = False,
                port: int | None = None):
+    """`max_concurrent_computation_calls`: at most this many client computations at once; None the
+    CPU cores (`default_concurrency`), non-positive no limit."""
+    if max_concurrent_computation_calls is None:
+      max_concurrent_computation_calls = default_concurrency()
     binary = worker_binary_path()
     if not os.path.isfile(binary):
       raise WorkerStartError(
@@ -198,7 +209,7 @@ def executor_factory(stub: Any, default_num_clients: int = 0):
 
 
 def start_local_execution_context(
-    max_concurrent_computation_calls: int = -1,
+    max_concurrent_computation_calls: int | None = None,
     default_num_clients: int = 0,
     show_worker_output: bool = False,
 ) -> LocalWorker:
@@ -209,8 +220,8 @@ def start_local_execution_context(
   (see the module docstring). Call it from the main thread: the worker dies with the starting thread.
 
   Args:
-    max_concurrent_computation_calls: the worker's limit on parallel client computations;
-      non-positive means no limit.
+    max_concurrent_computation_calls: the worker's limit on parallel client computations; None
+      the CPU cores (`default_concurrency`), non-positive no limit.
     default_num_clients: the number of clients when a computation does not imply it.
     show_worker_output: let the worker write to this program's stdout/stderr.
 

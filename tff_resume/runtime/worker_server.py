@@ -40,14 +40,15 @@ def _accepts_connections(port: int) -> bool:
   return True
 
 
-def serve(port: int, host: str | None = None, max_concurrent_computation_calls: int = -1,
+def serve(port: int, host: str | None = None, max_concurrent_computation_calls: int | None = None,
           show_output: bool = False) -> int:
   """Serves until SIGTERM/SIGINT (returns 0) or until the worker dies (returns 1).
 
   Args:
     port: the TCP port to serve on, 1 to 65535.
     host: the name or address runs reach this machine by, for the log line; default the hostname.
-    max_concurrent_computation_calls: the worker's limit on parallel client computations; -1 none.
+    max_concurrent_computation_calls: the worker's limit on parallel client computations; None
+      this machine's CPU cores, -1 none.
     show_output: let the worker write to this process's stdout/stderr.
 
   Raises:
