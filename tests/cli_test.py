@@ -3,10 +3,14 @@
 import contextlib
 import io
 import os
+import subprocess
+import sys
 
 from absl.testing import absltest
 
 from tff_resume import cli
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*argv):
@@ -25,6 +29,17 @@ class DataInspectTest(absltest.TestCase):
     self.assertEqual(stdout.splitlines()[:2], [
         "synthetic (seed 0) [test]: 3 clients, 60 examples",
         "  examples per client: min 20, median 20, max 20"])
+
+  def test_a_reader_that_stops_reading_ends_it_quietly(self):
+    """`tff-resume ... | head -1`: the closed pipe ends the command with 141 (SIGPIPE), no error."""
+    command = subprocess.Popen(
+        [sys.executable, "-m", "tff_resume.cli", "data", "inspect", "--source", "synthetic",
+         "--num_clients", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=_REPO_ROOT), cwd=_REPO_ROOT)
+    command.stdout.close()  # Before it writes anything.
+    stderr = command.stderr.read()
+    self.assertEqual(command.wait(timeout=120), 141)
+    self.assertEqual(stderr, "")
 
   def test_missing_emnist_is_one_line_and_status_2(self):
     cache_dir = self.create_tempdir().full_path

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 
 from tff_resume.runtime import local_worker
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
               ("status", None): _status, ("export", None): _export}
   try:
     handlers[(args.command, getattr(args, "data_command", None))](args)
+    sys.stdout.flush()  # A closed pipe shows here, not at interpreter exit.
   except (emnist.DataNotFoundError, emnist.NotEmnistError, leaf.LeafFormatError, FileExistsError,
           ValueError, checkpointing.NoGoodVersionError, checkpointing.CorruptVersionError,
           checkpointing.VersionNotFoundError, participation.DatabaseError,
@@ -209,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
   except run_lock.RunLockedError as error:
     print(f"tff-resume: {error}", file=sys.stderr)
     return signals.EXIT_CODE_INTERRUPTED
+  except BrokenPipeError:  # Whoever read stdout stopped (`| head`): end quietly, as Unix tools do.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # No error at Python's exit.
+    return 128 + signal.SIGPIPE
   except OSError as error:  # E.g. an --out where nothing can be written.
     where = f"{error.filename}: " if error.filename else ""
     print(f"tff-resume: error: cannot write {where}{error.strerror or error}; choose another "
