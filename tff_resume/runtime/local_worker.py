@@ -90,7 +90,7 @@ def worker_binary_path() -> str:
 def default_concurrency() -> int:
   """The default limit on client computations a worker runs at once: the CPU cores this process may
   use. TFF's own default (no limit) starts every client of a round at once; they then contend for
-  the cores, which was slower here (1.4x with bfloat16, see the README's benchmark section)."""
+  the cores, which took 1.4x (float32) and 1.2x (bfloat16) as long here (README, Benchmark)."""
   return len(os.sched_getaffinity(0))
 
 
