@@ -21,8 +21,8 @@ from tff_resume.program import global_model
 MATH_SECTIONS = ("algorithm", "data", "model", "client", "server", "aggregator")
 MATH_TRAINING_FIELDS = ("clients_per_round", "seed")
 _ABSENT = "(absent)"
-# Fields left out of a fingerprint at these values (runs before the field had them): a difference
-# shows the value rather than "(absent)".
+# Fields left out of a fingerprint at these values, so runs from before the field keep their
+# fingerprints; a difference shows the value rather than "(absent)".
 _LEFT_OUT_DEFAULTS = {"model.compute_dtype": "float32", "server.optimizer": "sgd"}
 
 
@@ -69,12 +69,11 @@ def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     path = emnist.require_emnist_database(config["data"]["cache_dir"] or None)
     fields["data.file_bytes"] = os.path.getsize(path)
   unused = inapplicable_prefixes(config)
-  if fields.get("model.compute_dtype") == "float32":
-    del fields["model.compute_dtype"]  # The default: fingerprints stay those of runs before it.
-  if config["server"]["optimizer"] == "sgd":
-    del fields["server.optimizer"]  # The default: fingerprints stay those of runs before the field.
+  for field, default in _LEFT_OUT_DEFAULTS.items():
+    if fields.get(field) == default:
+      del fields[field]
   if config["algorithm"]["name"] == "fedavg":
-    unused.append("algorithm.")  # The same: FedAvg runs keep the fingerprints they had.
+    unused.append("algorithm.")  # FedAvg runs keep the fingerprints they had, too.
   return {k: v for k, v in fields.items() if not k.startswith(tuple(unused))}
 
 
