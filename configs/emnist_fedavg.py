@@ -62,6 +62,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   config.aggregator = ml_collections.ConfigDict()
   config.aggregator.name = "mean"  # "mean", "compression", "quantize" or "dp".
+  config.aggregator.seed = 0  # Keys the aggregator's random draws with training.seed; change to redraw.
   config.aggregator.quantize = ml_collections.ConfigDict()
   config.aggregator.quantize.bits = 8
   config.aggregator.quantize.threshold = 20000
@@ -69,6 +70,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.aggregator.quantize.hadamard = False
   config.aggregator.dp = ml_collections.ConfigDict()
   config.aggregator.dp.noise_multiplier = 0.1
+  config.aggregator.dp.target_delta = 1e-5  # The delta of the privacy/epsilon reported each round.
 
   config.training = ml_collections.ConfigDict()
   config.training.total_rounds = 100

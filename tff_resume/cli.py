@@ -132,6 +132,9 @@ def _status(args) -> None:
           f"({units.format_bits(last['communication/broadcasted_bits'])}), aggregated "
           f"{last['communication/aggregated_bits']} "
           f"({units.format_bits(last['communication/aggregated_bits'])})")
+  if "privacy/epsilon" in last:
+    print(f"  privacy spent: epsilon {last['privacy/epsilon']:.6g} at delta "
+          f"{last['privacy/target_delta']:g} after {rounds_done} rounds")
   print("  resume log:")
   for start in status["resume_log"]:
     origin = ("fresh start" if start["resumed_from_version"] is None

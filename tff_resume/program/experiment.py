@@ -16,6 +16,7 @@ from tff_resume.data import synthetic
 from tff_resume.learning import aggregators
 from tff_resume.learning import algorithms
 from tff_resume.learning import models
+from tff_resume.learning import privacy_accounting
 from tff_resume.program import checkpointing
 from tff_resume.program import config_files
 from tff_resume.program import fingerprint
@@ -61,7 +62,8 @@ def aggregator_spec(config) -> aggregators.AggregatorSpec:
       name=config.aggregator.name, bits=quantize.bits, threshold=quantize.threshold,
       stochastic=quantize.stochastic, hadamard=quantize.hadamard,
       noise_multiplier=config.aggregator.dp.noise_multiplier,
-      clients_per_round=config.training.clients_per_round)
+      clients_per_round=config.training.clients_per_round,
+      seed=aggregators.run_seed(config.training.seed, config.aggregator.get("seed", 0)))
 
 
 def _check_numbers(config) -> None:
@@ -102,6 +104,9 @@ def validate(config) -> None:
   _require(config.algorithm.name in algorithms.ALGORITHMS, "algorithm.name",
            f"must be one of {', '.join(algorithms.ALGORITHMS)}, got {config.algorithm.name!r}.")
   runtime_settings(config)
+  target_delta = config.aggregator.dp.get("target_delta", 1e-5)
+  _require(config.aggregator.name != "dp" or 0 < target_delta < 1, "aggregator.dp.target_delta",
+           f"must be above 0 and below 1, got {target_delta}.")
   try:
     aggregators.build_aggregator(aggregator_spec(config))
     server_optimizer_spec(config).validate()
@@ -143,6 +148,17 @@ def _model_fn(config):
   return models.build_model_fn(config.model.name, num_classes(config), config.training.seed,
                                preprocessing.element_spec(preprocess_spec(config)),
                                config.model.compute_dtype)
+
+
+def privacy_accountant(config, train_data) -> privacy_accounting.PrivacyAccountant | None:
+  """The `dp` aggregator's accountant (`privacy/epsilon` at `aggregator.dp.target_delta`): the
+  clients of a round sampled without replacement from the training population; None otherwise."""
+  if config.aggregator.name != "dp":
+    return None
+  event = privacy_accounting.round_event(config.aggregator.dp.noise_multiplier,
+                                         config.training.clients_per_round,
+                                         len(train_data.client_ids))
+  return privacy_accounting.PrivacyAccountant(event, config.aggregator.dp.get("target_delta", 1e-5))
 
 
 def server_optimizer_spec(config) -> algorithms.ServerOptimizerSpec:

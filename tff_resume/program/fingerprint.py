@@ -5,8 +5,9 @@ synthetic set's parameters, and the size in bytes of the EMNIST file), the model
 warm start's source), the algorithm, the client and server optimizers, the aggregator, the clients
 per round, the seed and `runtime.num_subrounds` (how a round's aggregate is summed; the workers it
 runs on are not part of it). Fields that do not change the math (`training.total_rounds`, `checkpoint.*`,
-`data.cache_dir` itself, and the settings of the data source, server optimizers and aggregators not
-chosen) may change between starts. Fields added with a default that reproduces the runs before them
+`data.cache_dir` itself, `aggregator.dp.target_delta` (what the privacy report is computed at), the
+settings of the data source, server optimizers and aggregators not chosen, and `aggregator.seed`
+for an aggregator that draws nothing) may change between starts. Fields added with a default that reproduces the runs before them
 (`algorithm.*` for FedAvg, `server.optimizer` for SGD, `model.initial_weights` unset,
 `model.compute_dtype` float32) are left out,
 so those runs keep their fingerprints and can still be resumed.
@@ -28,6 +29,18 @@ _LEFT_OUT_DEFAULTS = {"model.compute_dtype": "float32", "server.optimizer": "sgd
 
 class FingerprintMismatchError(ValueError):
   """The configuration changes the math of the run being resumed."""
+
+
+class UnseededRunError(FingerprintMismatchError):
+  """The run was started before its aggregator's random draws were seeded (`aggregator.seed`)."""
+
+
+def _randomized(config: Mapping[str, Any]) -> bool:
+  aggregator = config["aggregator"]
+  quantize = aggregator.get("quantize", {})
+  return aggregator["name"] in ("compression", "dp") or (
+      aggregator["name"] == "quantize"
+      and bool(quantize.get("stochastic", True) or quantize.get("hadamard", False)))
 
 
 def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
@@ -57,6 +70,7 @@ def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
             if name.split(".")[0] in MATH_SECTIONS
             or name in {f"training.{field}" for field in MATH_TRAINING_FIELDS}}
   del fields["data.cache_dir"]
+  fields.pop("aggregator.dp.target_delta", None)
   if fields.get("model.initial_weights"):
     fields["model.initial_weights_sha256"] = global_model.source_sha256(
         fields["model.initial_weights"])
@@ -83,6 +97,8 @@ def inapplicable_prefixes(config: Mapping[str, Any]) -> list[str]:
   unused = [] if config["data"]["source"] == "synthetic" else ["data.synthetic."]
   unused += [f"aggregator.{name}." for name in ("quantize", "dp")
              if config["aggregator"]["name"] != name]
+  if not _randomized(config):
+    unused.append("aggregator.seed")
   optimizer = config["server"]["optimizer"]
   unused += [f"server.{name}." for name in ("adam", "adagrad", "yogi") if name != optimizer]
   if optimizer != "sgd":
@@ -113,6 +129,12 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_di
   changed = differences(saved, current)
   if not changed:
     return
+  if [field for field, _, _ in changed] == ["aggregator.seed"] and "aggregator.seed" not in saved:
+    raise UnseededRunError(
+        f"{run_dir} was started before the aggregator's random draws were seeded "
+        f"(aggregator.seed): its {saved.get('aggregator.name')!r} rounds cannot be continued bit "
+        "for bit, so it is not resumed; nothing was changed. To continue from its weights, start a "
+        f"new run from them: --experiment_name=NEW --config.model.initial_weights={run_dir}")
   lines = [f"  {field}: saved {old!r}, now {new!r}" for field, old, new in changed]
   raise FingerprintMismatchError(
       f"The configuration does not match the run in {run_dir}, which cannot be resumed with it:\n"

@@ -26,6 +26,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_resume.learning import accounting
+from tff_resume.learning import privacy_accounting
 from tff_resume.learning import sampling
 from tff_resume.program import atomic_files
 from tff_resume.program import bookkeeping
@@ -91,6 +92,8 @@ def report_round(result: training.RoundResult, first_round: int, started: float)
   if "communication/broadcasted_bits" in metrics:
     parts.append(f"bits down {units.format_bits(metrics['communication/broadcasted_bits'])}"
                  f" up {units.format_bits(metrics['communication/aggregated_bits'])}")
+  if "privacy/epsilon" in metrics:
+    parts.append(f"epsilon {metrics['privacy/epsilon']:.3g}")
   if "evaluation/sparse_categorical_accuracy" in metrics:
     parts.append(f"eval accuracy {metrics['evaluation/sparse_categorical_accuracy']:.4f}")
   parts.append(f"round {result.round_seconds:.2f} s")
@@ -129,6 +132,7 @@ class ResumableLoop:
                preprocess: Callable[[tf.data.Dataset, int, str], tf.data.Dataset] | None = None,
                initial_state: Any = None, model_weights_fn: Callable[[Any], Any] | None = None,
                aggregator: Any = None,
+               privacy: privacy_accounting.PrivacyAccountant | None = None,
                evaluate: Callable[[Any], Mapping[str, Any]] | None = None,
                rounds_per_eval: int = 0, rounds_per_checkpoint: int = 1, keep_total: int = 5,
                keep_first: bool = True, keep_every_k: int = 1,
@@ -160,6 +164,8 @@ class ResumableLoop:
         evaluation gets and what `model_weights_sha256` hashes; default the learning process's.
       aggregator: the `tff.aggregators` factory the process was built with: adds the broadcast and
         aggregated bits of every round (`communication/*`). None: no bits are recorded.
+      privacy: a `privacy_accounting.PrivacyAccountant` for a differentially private aggregator:
+        adds the privacy spent after every round (`privacy/epsilon`, `privacy/target_delta`).
       evaluate: model weights -> {metric name: number}, run every `rounds_per_eval` rounds (0:
         only after the last) and after the last round.
       rounds_per_eval: see `evaluate`.
@@ -183,6 +189,7 @@ class ResumableLoop:
     """
     self._process, self.client_data = process, client_data
     self._aggregator, self._communication = aggregator, None
+    self._privacy = privacy
     self.paths = paths_lib.RunPaths.from_run_dir(run_dir)
     self.clients_per_round, self.seed = clients_per_round, seed
     self._preprocess = preprocess
@@ -386,7 +393,7 @@ class ResumableLoop:
                   else lambda state: self._evaluate(self.model_weights(state))),
         rounds_per_eval=self.rounds_per_eval, select_clients=self.select_clients,
         client_datasets=self.client_datasets, should_stop=lambda: stop.requested,
-        on_round=on_round, weights_sha256=self._weights_sha256)
+        on_round=on_round, weights_sha256=self._weights_sha256, privacy=self._privacy)
     if stopped:
       raise signals.Interrupted(stop.signal_name, record.rounds_done)
     self._print_done(record, time.monotonic() - started)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tff_resume.learning import accounting
+from tff_resume.learning import privacy_accounting
 from tff_resume.program import bookkeeping
 from tff_resume.program import global_model
 
@@ -99,7 +100,8 @@ def train(*, process, state, book: bookkeeping.Bookkeeping, total_rounds: int,
           select_clients: Callable[[int], list[str]],
           client_datasets: Callable[[int, list[str]], list], should_stop: Callable[[], bool],
           on_round: Callable[[RoundResult], None],
-          weights_sha256: Callable[[Any], str] | None = None) -> tuple[Any, bool]:
+          weights_sha256: Callable[[Any], str] | None = None,
+          privacy: privacy_accounting.PrivacyAccountant | None = None) -> tuple[Any, bool]:
   """Runs rounds `book.record.rounds_done + 1` .. `total_rounds`.
 
   Args:
@@ -117,6 +119,7 @@ def train(*, process, state, book: bookkeeping.Bookkeeping, total_rounds: int,
     should_stop: polled after each round; when true, the round is saved and the loop stops.
     on_round: called after each round.
     weights_sha256: state -> the SHA-256 kept in the record; default `model_weights_sha256`.
+    privacy: the DP accountant: adds `privacy/epsilon` after each round (None: not private).
 
   Returns:
     (state, stopped): the final state, and whether a stop request ended the loop early.
@@ -133,6 +136,8 @@ def train(*, process, state, book: bookkeeping.Bookkeeping, total_rounds: int,
     metrics = flatten_metrics(round_metrics)
     if communication is not None:
       metrics.update(communication_metrics(communication, len(client_ids), record.last_metrics))
+    if privacy is not None:
+      metrics.update(privacy_accounting.privacy_metrics(privacy, round_num))
     metrics["time/round_seconds"] = round_seconds
     if evaluate is not None and (
         round_num == total_rounds or (rounds_per_eval and round_num % rounds_per_eval == 0)):
