@@ -18,6 +18,7 @@ nothing leaked.
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -30,6 +31,7 @@ from typing import Callable
 
 from absl import app
 from absl import flags
+import numpy as np
 
 from tff_resume.program import history
 from tff_resume.program import run_lock
@@ -186,6 +188,9 @@ def run_outcome(run_dir: str) -> dict:
                if name.startswith("version_"))
   with open(os.path.join(checkpoints, f"version_{newest}", "metadata.json")) as metadata:
     record = json.load(metadata)
+  with np.load(os.path.join(checkpoints, f"version_{newest}", "state.npz")) as arrays:
+    # Every leaf of the server state (aggregator and finalizer state included), not only the model.
+    state_sha256 = {key: hashlib.sha256(arrays[key].tobytes()).hexdigest() for key in arrays.files}
   with open(os.path.join(run_dir, "results", "metrics.csv"), newline="") as csv_file:
     rows = [{k: v for k, v in row.items() if not k.startswith("time/")}
             for row in csv.DictReader(csv_file)]
@@ -200,7 +205,7 @@ def run_outcome(run_dir: str) -> dict:
     sampled_clients = [clients for _, clients, _ in run_history.rounds(record["rounds_done"])]
   finally:
     run_history.close()
-  return {"model_weights_sha256": record["model_weights_sha256"],
+  return {"model_weights_sha256": record["model_weights_sha256"], "state_sha256": state_sha256,
           "sampled_clients": sampled_clients,
           "metrics_csv": rows, "participation": participation}
 

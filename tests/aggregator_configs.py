@@ -1,0 +1,10 @@
+"""The aggregators that draw random numbers, as config overrides: the configs every reproducibility
+test runs (the README's table names the same four)."""
+
+RANDOM_AGGREGATORS = {
+    "compression": {"aggregator.name": "compression"},
+    "quantize": {"aggregator.name": "quantize"},
+    "hadamard": {"aggregator.name": "quantize", "aggregator.quantize.stochastic": False,
+                 "aggregator.quantize.hadamard": True},
+    "dp": {"aggregator.name": "dp"},
+}
