@@ -8,7 +8,8 @@ import sys
 from absl import flags
 
 # The longest files, longest first (about 1.5-2 minutes each here); the rest keep their order.
-_SLOW_FILES = ("quickstart_test.py", "faults_test.py", "workers_test.py", "resume_test.py",
+_SLOW_FILES = ("workers_test.py", "quickstart_test.py", "reproducible_aggregators_test.py",
+               "faults_test.py", "resume_test.py",
                "global_model_test.py", "benchmark_test.py", "sweep_test.py", "run_emnist_test.py")
 
 
