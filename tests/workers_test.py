@@ -27,7 +27,6 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARKER = f"TFF_RESUME_WORKERS_TEST={os.getpid()}-{time.time_ns()}"
 _ENV = dict(os.environ, PYTHONPATH=_REPO_ROOT, TFF_RESUME_WORKERS_TEST=_MARKER.split("=")[1])
 _OVERRIDES = {"model.name": "linear", "training.clients_per_round": 5, "training.total_rounds": 3}
-
 _PR_SET_PDEATHSIG = 1
 _WORKERS: dict[int, subprocess.Popen] = {}  # port -> `tff-resume worker` process
 _ROOT = ""

@@ -104,7 +104,7 @@ def validate(config) -> None:
   _require(config.algorithm.name in algorithms.ALGORITHMS, "algorithm.name",
            f"must be one of {', '.join(algorithms.ALGORITHMS)}, got {config.algorithm.name!r}.")
   runtime_settings(config)
-  target_delta = config.aggregator.dp.get("target_delta", 1e-5)
+  target_delta = _target_delta(config)
   _require(config.aggregator.name != "dp" or 0 < target_delta < 1, "aggregator.dp.target_delta",
            f"must be above 0 and below 1, got {target_delta}.")
   try:
@@ -150,6 +150,10 @@ def _model_fn(config):
                                config.model.compute_dtype)
 
 
+def _target_delta(config) -> float:
+  return config.aggregator.dp.get("target_delta", 1e-5)  # Configs written before the field: 1e-5.
+
+
 def privacy_accountant(config, train_data) -> privacy_accounting.PrivacyAccountant | None:
   """The `dp` aggregator's accountant (`privacy/epsilon` at `aggregator.dp.target_delta`): the
   clients of a round sampled without replacement from the training population; None otherwise."""
@@ -158,7 +162,7 @@ def privacy_accountant(config, train_data) -> privacy_accounting.PrivacyAccounta
   event = privacy_accounting.round_event(config.aggregator.dp.noise_multiplier,
                                          config.training.clients_per_round,
                                          len(train_data.client_ids))
-  return privacy_accounting.PrivacyAccountant(event, config.aggregator.dp.get("target_delta", 1e-5))
+  return privacy_accounting.PrivacyAccountant(event, _target_delta(config))
 
 
 def server_optimizer_spec(config) -> algorithms.ServerOptimizerSpec:
