@@ -1,19 +1,27 @@
-"""Chaos soak: a small run killed at random instants, again and again, must end as if never touched.
+"""Chaos soak: a small run hit by faults at the instants where they can do harm, again and again,
+must end as if never touched.
 
-    python -m experiments.chaos --faults 300 --root_output_dir=runs/chaos [--seed 0] [--rounds 20]
+    python -m experiments.chaos --faults 100 --root_output_dir=runs/chaos [--seed 0] [--rounds 20]
 
-Runs the linear-model smoke config (20 rounds of 2 clients) once straight, then again under faults: each
-start of the runner gets one fault from a seeded schedule, at a random instant of its start-up or right
-after a random round: SIGKILL of the runner, SIGKILL of its whole process group, SIGTERM, SIGINT, or a
-second start of the same command while it runs (which must be refused with exit status 75). Every start
-is restarted until its run is complete; a complete run (an episode) is then compared with the straight
-run, and the next faults go to a fresh run. Compared: the final weights' SHA-256, the clients sampled in
-every round, `metrics.csv` without time columns, the TensorBoard points of every tag (as the real
-`tensorboard` serves them, time tags by step only) and the participation rows; and after each episode:
-no process of the soak left (runner or `worker_binary`, found by an environment variable they
-carry), the run folder's lock free, no temporary file or folder. Prints
-`faults N, runs identical K of M, leaked processes L` and exits 0 only when every run is identical and
-nothing leaked.
+Runs the linear-model smoke config (20 rounds of 2 clients) once straight, then again under faults:
+each start of the runner gets one fault from a seeded schedule. The fault is one of SIGKILL of the
+runner, SIGKILL of its whole process group, SIGTERM, SIGINT, or a second start of the same command
+while the first is held (SIGSTOPped) at that instant, which must be refused with exit status 75 once
+the first holds the run's lock. Its instant is timed from the run's own progress, which the runner
+announces through `TFF_RESUME_FAULT=phases` (`tff_resume.runtime.fault_hooks`): a moment after the
+start (TensorFlow's import), data loading, tracing the process, right after `config.json` is written,
+while a version is being written (`pause-during-save:N` holds the save of the start's first, second or
+third version for 2 s: the version-0 save of a fresh run), or right after the start's first, second or
+third round is saved. Every start is restarted until its run is complete, and the start after a fault
+must resume from the newest version the fault left; a complete run (an episode) is then compared with
+the straight run, and the next faults go to a fresh run. Compared: every leaf of the newest state,
+the final weights' SHA-256, the clients sampled in every round, `metrics.csv` without time columns,
+the TensorBoard points of every tag (as the real `tensorboard` serves them, time tags by step only)
+and the participation rows; and after each episode: no process of the soak left (runner or
+`worker_binary`, found by an environment variable they carry), the run folder's lock free, no
+temporary file or folder. Prints `faults F, runs identical I of R, leaked processes 0, hit a run with
+saved rounds S, a save in progress W, a live lock L (T s)` and exits 0 only when every run is
+identical and nothing leaked.
 """
 
 import csv
@@ -22,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -35,23 +44,73 @@ import numpy as np
 
 from tff_resume.program import history
 from tff_resume.program import run_lock
+from tff_resume.runtime import fault_hooks
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT_KINDS = ("sigkill", "sigkill_group", "sigterm", "sigint", "second_start")
+# Where a fault lands, and how often (of 10): most where saved rounds and a held lock are at stake.
+MOMENTS = {"import": 1, "data": 1, "tracing": 1, "config": 1, "save": 3, "saved": 3}
+_MARKERS = {"data": "loading data", "tracing": "tracing", "config": "wrote config.json"}
 _EXPECTED_STATUS = {
     "sigkill": {-signal.SIGKILL, 0}, "sigkill_group": {-signal.SIGKILL, 0},
     "sigterm": {75, 0}, "sigint": {75, 0}, "second_start": {0, 75},  # 75: the second took the lock.
 }
-_START_UP_SECONDS = (1.0, 7.0)  # After Python itself started (its own start-up has no handlers).
-_AFTER_ROUND_SECONDS = (0.0, 0.12)
+# Seconds after the moment: the import after Python itself started (its own start-up has no
+# handlers); data loading takes about 1 s, tracing 5-7 s, the paused save 2 s.
+_DELAY_SECONDS = {"import": (1.0, 4.0), "data": (0.0, 0.5), "tracing": (0.0, 3.0),
+                  "config": (0.0, 0.0), "save": (0.0, 1.0), "saved": (0.0, 0.12)}
 _PROCESS_TIMEOUT_SECONDS = 300
+_VERSION = re.compile(r"^version_(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
 class Fault:
+  """One fault for one start of the runner.
+
+  Attributes:
+    kind: one of FAULT_KINDS.
+    moment: one of MOMENTS.
+    step: `save`: the start's step-th save (0 its first: version 0 of a fresh run, else the version
+      after the one resumed); `saved`: after the start's step-th round (1 its first).
+    delay: seconds after the moment (`import`: after the process started).
+  """
   kind: str
-  after_round: int | None  # None: at `delay` seconds after the start; else `delay` after this round.
-  delay: float
+  moment: str
+  step: int = 0
+  delay: float = 0.0
+
+  def describe(self) -> str:
+    where = {"save": f"during save {self.step}", "saved": f"after round {self.step}"}.get(
+        self.moment, self.moment)
+    return f"{self.kind} {where} +{self.delay:.2f} s"
+
+
+@dataclasses.dataclass
+class Hit:
+  """What one fault did.
+
+  Attributes:
+    landed: the moment came and the runner was alive when the fault was applied.
+    saved_before: the newest version on disk when the fault was applied (None: none).
+    saved_after: the newest version on disk once the start ended: the next start must resume there.
+    in_save: it landed while a version was being written.
+    live_lock: (second_start) the second start was refused: the run folder in use (exit status 75).
+    second_status: (second_start) the second start's exit status.
+    resumed_from: the version the next start that got that far resumed from (None: started fresh,
+      or no start got that far); checked against `saved_after`.
+    output: the runner's output (stdout and stderr).
+  """
+  fault: Fault
+  status: int
+  landed: bool = False
+  saved_before: int | None = None
+  saved_after: int | None = None
+  in_save: bool = False
+  live_lock: bool = False
+  second_status: int | None = None
+  resumed_from: int | None = None
+  problem: str = ""
+  output: str = ""
 
 
 # Every process the soak starts (runners, and through them their workers) carries this variable, so
@@ -60,20 +119,21 @@ _MARKER_VALUE = f"{os.getpid()}-{time.time_ns()}"
 _MARKER = f"TFF_RESUME_CHAOS={_MARKER_VALUE}".encode()
 
 
-def _runner_environment() -> dict[str, str]:
-  return dict(os.environ, PYTHONPATH=_REPO_ROOT, TFF_RESUME_CHAOS=_MARKER_VALUE)
+def _runner_environment(hooks: str = "phases") -> dict[str, str]:
+  return dict(os.environ, PYTHONPATH=_REPO_ROOT, TFF_RESUME_CHAOS=_MARKER_VALUE,
+              TFF_RESUME_FAULT=hooks)
 
 
 def schedule(seed: int, faults: int, rounds: int) -> list[Fault]:
-  """The seeded list of faults: half at start-up instants, half right after a random round."""
+  """The seeded list of faults (kinds alike, moments weighted by MOMENTS)."""
+  del rounds  # Steps count from each start, so every fault has a round to land after.
   rng = random.Random(seed)
   planned = []
   for _ in range(faults):
     kind = rng.choice(FAULT_KINDS)
-    if rng.random() < 0.5:
-      planned.append(Fault(kind, None, rng.uniform(*_START_UP_SECONDS)))
-    else:
-      planned.append(Fault(kind, rng.randint(1, rounds - 1), rng.uniform(*_AFTER_ROUND_SECONDS)))
+    moment = rng.choices(list(MOMENTS), weights=list(MOMENTS.values()))[0]
+    step = {"save": rng.randint(0, 2), "saved": rng.randint(1, 3)}.get(moment, 0)
+    planned.append(Fault(kind, moment, step, rng.uniform(*_DELAY_SECONDS[moment])))
   return planned
 
 
@@ -83,68 +143,126 @@ def runner_command(root: str, name: str, rounds: int) -> list[str]:
           f"--root_output_dir={root}", f"--experiment_name={name}"]
 
 
-def _start(command: list[str]) -> subprocess.Popen:
-  return subprocess.Popen(command, cwd=_REPO_ROOT, env=_runner_environment(),
+def newest_version(run_dir: str) -> int | None:
+  """The newest committed checkpoint version in `run_dir` (None: none)."""
+  try:
+    names = os.listdir(os.path.join(run_dir, "checkpoints"))
+  except FileNotFoundError:
+    return None
+  versions = [int(match.group(1)) for match in map(_VERSION.match, names) if match]
+  return max(versions, default=None)
+
+
+def _start(command: list[str], hooks: str) -> subprocess.Popen:
+  return subprocess.Popen(command, cwd=_REPO_ROOT, env=_runner_environment(hooks),
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_for_round(runner: subprocess.Popen, round_num: int) -> str:
-  """Reads the runner's output until its line for `round_num` (or its end: a resumed start may begin
-  past that round); returns what it read."""
-  seen = []
+def _read_until(runner: subprocess.Popen, found: Callable[[str], bool], seen: list[str]) -> bool:
+  """Reads the runner's output into `seen` up to a line `found` accepts; False at its end."""
   for line in runner.stdout:
     seen.append(line)
-    if line.startswith(f"round {round_num:4d}/"):
-      break
-  return "".join(seen)
+    if found(line):
+      return True
+  return False
 
 
-def inflict(command: list[str], fault: Fault) -> tuple[int, str]:
-  """Starts the runner, applies `fault`, waits for it; returns (exit status, problem or "")."""
-  runner = _start(command)
-  problem, seen = "", ""
+def _wait_for_moment(runner: subprocess.Popen, fault: Fault, save_version: int,
+                     seen: list[str]) -> bool:
+  if fault.moment == "import":
+    return True
+  if fault.moment == "saved":
+    rounds_seen = [0]
+
+    def is_last_round_line(line: str) -> bool:
+      rounds_seen[0] += line.startswith("round ")
+      return rounds_seen[0] == fault.step
+    return _read_until(runner, is_last_round_line, seen)
+  phase = (f"saving version {save_version}" if fault.moment == "save"
+           else _MARKERS[fault.moment])
+  return _read_until(runner, lambda line: line.rstrip("\n") == fault_hooks.marker(phase), seen)
+
+
+def _second_start(command: list[str], runner: subprocess.Popen, hit: Hit) -> str:
+  """A second start of `command` while `runner` is held (SIGSTOP) at the fault's instant."""
+  held = runner.poll() is None
+  if held:
+    os.kill(runner.pid, signal.SIGSTOP)
   try:
-    if fault.after_round is not None:
-      seen = _wait_for_round(runner, fault.after_round)
+    second = subprocess.run(command, cwd=_REPO_ROOT, env=_runner_environment(),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=_PROCESS_TIMEOUT_SECONDS, check=False)
+  finally:
+    if held:
+      os.kill(runner.pid, signal.SIGCONT)
+  hit.second_status = second.returncode
+  # Whichever of the two takes the lock first trains; the other is refused (75) or, when it
+  # starts after the run is complete, says so (0).
+  hit.live_lock = (second.returncode == 75
+                   and f"is in use by another process (PID {runner.pid} on " in second.stderr)
+  if second.returncode not in (0, 75) or "Traceback" in second.stderr or (
+      second.returncode == 75 and not hit.live_lock):
+    hit.problem = f"second start ended with {second.returncode}: {second.stderr.strip()[-300:]}"
+  return second.stdout
+
+
+def inflict(command: list[str], run_dir: str, fault: Fault) -> tuple[Hit, list[str]]:
+  """Starts the runner, applies `fault` at its instant, waits for it; returns what the fault did
+  and the output of the starts (the runner's, and a second start's)."""
+  before = newest_version(run_dir)
+  save_version = (0 if before is None else before + 1) + fault.step
+  hooks = "phases" + (f",pause-during-save:{save_version}" if fault.moment == "save" else "")
+  runner = _start(command, hooks)
+  hit, seen, outputs = Hit(fault, status=0), [], []
+  try:
+    reached = _wait_for_moment(runner, fault, save_version, seen)
     time.sleep(fault.delay)
-    if fault.kind == "second_start":
-      second = subprocess.run(command, cwd=_REPO_ROOT, env=_runner_environment(),
-                              capture_output=True, text=True, timeout=_PROCESS_TIMEOUT_SECONDS,
-                              check=False)
-      # Whichever of the two takes the lock first trains; the other is refused (75) or, when it
-      # starts after the run is complete, says so (0).
-      refused = second.returncode == 75 and "is in use by another process (PID" in second.stderr
-      if not refused and second.returncode != 0 or "Traceback" in second.stderr:
-        problem = f"second start ended with {second.returncode}: {second.stderr.strip()[-300:]}"
-    elif fault.kind == "sigkill_group":
-      try:
+    hit.landed = reached and runner.poll() is None
+    if hit.landed:
+      hit.saved_before = newest_version(run_dir)
+      hit.in_save = fault.moment == "save"
+      if fault.kind == "second_start":  # Its start line (when it trained) came first.
+        outputs.append(_second_start(command, runner, hit))
+      elif fault.kind == "sigkill_group":
         os.killpg(runner.pid, signal.SIGKILL)
-      except ProcessLookupError:
-        pass  # It had ended already.
-    elif runner.poll() is None:
-      runner.send_signal({"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM,
-                          "sigint": signal.SIGINT}[fault.kind])
+      else:
+        runner.send_signal({"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM,
+                            "sigint": signal.SIGINT}[fault.kind])
     output, _ = runner.communicate(timeout=_PROCESS_TIMEOUT_SECONDS)
-    output = seen + output
+    outputs.append("".join(seen) + output)
   finally:
     if runner.poll() is None:
       runner.kill()
       runner.wait()
-  status = runner.returncode
-  if status not in _EXPECTED_STATUS[fault.kind] and not problem:
-    problem = f"{fault.kind} ended the runner with status {status}: {output.strip()[-300:]}"
-  if "Traceback" in output and not problem:
-    problem = f"{fault.kind}: traceback in the output: {output.strip()[-300:]}"
-  return status, problem
+  hit.status, hit.output = runner.returncode, outputs[-1]
+  hit.saved_after = newest_version(run_dir)
+  if hit.status not in _EXPECTED_STATUS[fault.kind] and not hit.problem:
+    hit.problem = f"{fault.kind} ended the runner with status {hit.status}: {outputs[-1][-300:]}"
+  if "Traceback" in outputs[-1] and not hit.problem:
+    hit.problem = f"{fault.kind}: traceback in the output: {outputs[-1].strip()[-300:]}"
+  return hit, outputs
 
 
-def run_to_completion(command: list[str]) -> None:
+def start_line_version(output: str, run_dir: str) -> tuple[bool, int | None]:
+  """(whether a start's output says where it started, the version it resumed from or found
+  complete; None when it started fresh)."""
+  folder = re.escape(run_dir)
+  resumed = re.search(f"^Resuming {folder} from version (\\d+) ", output, re.M)
+  complete = re.search(f"^Run {folder} is complete: (\\d+) rounds done", output, re.M)
+  if resumed or complete:
+    return True, int((resumed or complete).group(1))
+  return re.search(f"^Starting {folder}:", output, re.M) is not None, None
+
+
+def run_to_completion(command: list[str]) -> str:
+  """Runs `command` without a fault; returns its output."""
   result = subprocess.run(command, cwd=_REPO_ROOT, env=_runner_environment(),
-                          capture_output=True, text=True, timeout=_PROCESS_TIMEOUT_SECONDS,
-                          check=False)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=_PROCESS_TIMEOUT_SECONDS, check=False)
   if result.returncode != 0:
     raise RuntimeError(f"{' '.join(command)} ended with {result.returncode}: {result.stderr}")
+  return result.stdout
 
 
 def processes_with(variable: bytes) -> set[int]:
@@ -238,47 +356,80 @@ class ChaosReport:
   runs: int = 0
   identical: int = 0
   leaked_processes: int = 0
+  hits: list[Hit] = dataclasses.field(default_factory=list)
   problems: list[str] = dataclasses.field(default_factory=list)
 
   def summary(self) -> str:
+    saved_rounds = sum(hit.landed and (hit.saved_before or 0) >= 1 for hit in self.hits)
     return (f"faults {self.faults}, runs identical {self.identical} of {self.runs}, "
-            f"leaked processes {self.leaked_processes}")
+            f"leaked processes {self.leaked_processes}, hit a run with saved rounds "
+            f"{saved_rounds}, a save in progress {sum(hit.in_save for hit in self.hits)}, "
+            f"a live lock {sum(hit.live_lock for hit in self.hits)}")
+
+
+class _Episode:
+  """One run under faults: checks that each start resumes from the newest version the previous
+  start left."""
+
+  def __init__(self, root: str, name: str, rounds: int):
+    self.name, self.run_dir = name, os.path.join(root, name)
+    self.command = runner_command(root, name, rounds)
+    self._waiting: list[Hit] = []  # Faults whose next start has not yet said where it started.
+
+  def starts_seen(self, outputs: list[str], report: ChaosReport) -> None:
+    for output in outputs:
+      said, version = start_line_version(output, self.run_dir)
+      if not said:
+        continue
+      for hit in self._waiting:
+        hit.resumed_from = version
+        if version != hit.saved_after:
+          report.problems.append(
+              f"{self.name}: after {hit.fault.describe()} the newest version was "
+              f"{hit.saved_after}, but the next start began from {version}")
+      self._waiting.clear()
+
+  def inflict(self, fault: Fault, report: ChaosReport) -> Hit:
+    hit, outputs = inflict(self.command, self.run_dir, fault)
+    self.starts_seen(outputs, report)
+    self._waiting.append(hit)
+    return hit
 
 
 def chaos(root: str, faults: int, seed: int, rounds: int,
           compare_tensorboard: Callable[[list[str]], dict[str, dict]],
-          progress: Callable[[str], None] = lambda line: None) -> ChaosReport:
+          progress: Callable[[str], None] = lambda line: None,
+          planned: list[Fault] | None = None) -> ChaosReport:
   """Runs the soak under `root` (see the module docstring); returns what it found.
 
   Args:
     compare_tensorboard: run names -> {run: tensorboard points}, read through a real server.
+    planned: the faults, in order, instead of `schedule(seed, faults, rounds)`.
   """
   report = ChaosReport()
   if not os.path.isdir(os.path.join(root, "straight")):  # A caller may have run it already.
     run_to_completion(runner_command(root, "straight", rounds))
-  episodes, episode = [], 0
-  pending = schedule(seed, faults, rounds)
+  episodes = []
+  pending = list(planned) if planned is not None else schedule(seed, faults, rounds)
+  total = len(pending)
   while pending:
-    name = f"chaos_{episode}"
-    command = runner_command(root, name, rounds)
+    episode = _Episode(root, f"chaos_{len(episodes)}", rounds)
     while pending:
-      fault = pending.pop(0)
-      status, problem = inflict(command, fault)
+      hit = episode.inflict(pending.pop(0), report)
+      report.hits.append(hit)
       report.faults += 1
-      if problem:
-        report.problems.append(f"{name}: {problem}")
-      progress(f"fault {report.faults}/{faults}: {fault.kind} "
-               f"{'at start-up' if fault.after_round is None else f'after round {fault.after_round}'}"
-               f" +{fault.delay:.2f} s -> status {status}{' PROBLEM ' + problem if problem else ''}")
-      if status == 0:  # The run is complete.
+      if hit.problem:
+        report.problems.append(f"{episode.name}: {hit.problem}")
+      progress(f"fault {report.faults}/{total}: {hit.fault.describe()} -> status {hit.status}"
+               f"{'' if hit.landed else ' (the run ended before the instant)'}"
+               f"{' PROBLEM ' + hit.problem if hit.problem else ''}")
+      if hit.status == 0:  # The run is complete.
         break
     else:
-      run_to_completion(command)
-    leaked = processes_left()
-    report.leaked_processes += len(leaked)
-    report.problems.extend(f"{name}: left {path}" for path in leftovers(os.path.join(root, name)))
-    episodes.append(name)
-    episode += 1
+      episode.starts_seen([run_to_completion(episode.command)], report)
+    report.leaked_processes += len(processes_left())
+    report.problems.extend(f"{episode.name}: left {path}" for path in leftovers(episode.run_dir))
+    episodes.append(episode.name)
   straight = run_outcome(os.path.join(root, "straight"))
   points = compare_tensorboard(["straight", *episodes])
   for name in episodes:
@@ -309,7 +460,7 @@ def served_points(root: str) -> Callable[[list[str]], dict[str, dict]]:
   return read
 
 
-_FAULTS = flags.DEFINE_integer("faults", 300, "Faults to inflict in all.")
+_FAULTS = flags.DEFINE_integer("faults", 100, "Faults to inflict in all.")
 _ROOT = flags.DEFINE_string("root_output_dir", "runs/chaos", "Where the runs are written.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the fault schedule.")
 _ROUNDS = flags.DEFINE_integer("rounds", 20, "Rounds of each run.")

@@ -1,5 +1,6 @@
-"""Faults at any instant: two runners on one folder, signals in start-up, a full disk, damaged side
-files, bad experiment names, and the seeded chaos test. Real runner subprocesses throughout."""
+"""Faults at any instant: two runners on one folder, signals in start-up and during a save, a full
+disk, damaged side files, bad experiment names, and the chaos test with a fault at each start-up phase
+and save. Real runner subprocesses throughout."""
 
 import os
 import shutil
@@ -13,10 +14,10 @@ from absl.testing import absltest
 
 from experiments import chaos
 from experiments import tensorboard_server
-from tff_resume.program import checkpointing
 from tff_resume.program import metrics_release
 from tff_resume.program import paths
 from tff_resume.program import run_lock
+from tff_resume.runtime import fault_hooks
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = 20
@@ -141,18 +142,16 @@ class RunnerFaultsTest(absltest.TestCase):
     self.assertNotIn("Traceback", stderr)
     self.assertFalse(os.path.exists(os.path.join(self.root, "early")))
 
-  def test_a_second_sigint_stops_at_once_with_75_no_traceback_and_the_saved_versions_intact(self):
-    # Rounds of about a second (200 local epochs), so the second signal lands inside one.
-    runner = subprocess.Popen(_command(self.root, "twice", 4, "--config.client.epochs=200"),
-                              cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    for line in runner.stdout:
-      if line.startswith("round "):
-        runner.send_signal(signal.SIGINT)
-        break
+  def test_a_second_sigint_during_a_save_stops_at_once_leaving_only_good_versions(self):
+    # The save of version 2 pauses (fault hook) so that both signals land inside it.
+    runner = subprocess.Popen(_command(self.root, "twice"), cwd=_REPO_ROOT,
+                              env=dict(_ENV, TFF_RESUME_FAULT="phases,pause-during-save:2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first_lines = []
     for line in runner.stderr:  # Signals sent together reach Python's handler once: wait for it.
       first_lines.append(line)
+      if line.strip() == fault_hooks.marker("saving version 2"):
+        runner.send_signal(signal.SIGINT)
       if "SIGINT received: stopping at the next safe point" in line:
         runner.send_signal(signal.SIGINT)
         break
@@ -165,8 +164,13 @@ class RunnerFaultsTest(absltest.TestCase):
     self.assertNotIn("Traceback", stderr)
     self.assertNotIn("Done:", stdout)
     checkpoints = os.path.join(self.root, "twice", "checkpoints")
-    self.assertEmpty([name for name in os.listdir(checkpoints) if name.startswith(".tmp-")])
-    self.assertIsNotNone(checkpointing.DurableProgramStateManager(checkpoints).latest_good_version())
+    # Version 2's unfinished folder was removed; the versions left are whole.
+    self.assertEqual(sorted(os.listdir(checkpoints)), ["history.sqlite", "version_0", "version_1"])
+    status, stdout, stderr = _run(_command(self.root, "twice"))
+    self.assertEqual(status, 0, stderr)
+    self.assertNotIn("corrupt", stderr)
+    self.assertIn(f"Resuming {os.path.join(self.root, 'twice')} from version 1 ", stdout)
+    self.assertEqual(chaos.run_outcome(os.path.join(self.root, "twice")), self.straight)
 
   def _full_disk(self):
     """A 16 MiB tmpfs of its own (as root), or None where mounting is not allowed."""
@@ -221,9 +225,12 @@ class RunnerFaultsTest(absltest.TestCase):
     self.assertIn(f"lacks some of the {len(versions) - 1} rounds of the checkpoint: rebuilding it "
                   "from the history", stderr)
     outcome = chaos.run_outcome(run_dir)
-    # The 2-round start evaluated its last round, which a straight 6-round run does not.
-    self.assertEqual(_without_evaluation(outcome.pop("metrics_csv")),
-                     _without_evaluation(self.straight["metrics_csv"]))
+    rows, straight_rows = outcome.pop("metrics_csv"), self.straight["metrics_csv"]
+    # The 2-round start evaluated its last round, which a straight run does not; every other value
+    # (the final evaluation included) is the straight run's.
+    self.assertEqual(_without_evaluation(rows[1:2]), _without_evaluation(straight_rows[1:2]))
+    self.assertEqual(rows[:1] + rows[2:], straight_rows[:1] + straight_rows[2:])
+    self.assertIn("evaluation/sparse_categorical_accuracy", rows[-1])
     self.assertEqual(outcome, {k: v for k, v in self.straight.items() if k != "metrics_csv"})
 
   def test_damaged_side_files_are_set_aside_and_rebuilt_from_the_checkpoint(self):
@@ -263,19 +270,34 @@ class RunnerFaultsTest(absltest.TestCase):
 
 class ChaosTest(absltest.TestCase):
 
-  def test_five_seeded_faults_of_every_kind_end_identical_with_nothing_left(self):
-    # Seed 22's five faults are one of each kind, three at start-up instants and two after rounds
-    # (the 200-fault soak in the README runs many more).
-    planned = chaos.schedule(22, 5, _ROUNDS)
-    self.assertEqual(sorted(fault.kind for fault in planned), sorted(chaos.FAULT_KINDS))
-    self.assertEqual(sum(fault.after_round is None for fault in planned), 3)
-    report = chaos.chaos(_ROOT, faults=5, seed=22, rounds=_ROUNDS,
-                         compare_tensorboard=chaos.served_points(_ROOT))
+  def test_faults_at_each_phase_and_save_end_identical_with_nothing_left(self):
+    fault = chaos.Fault
+    planned = [
+        fault("sigterm", "data", delay=0.1),  # Data loading: nothing is written yet.
+        fault("sigterm", "save", step=0, delay=0.2),  # The version-0 save.
+        fault("sigkill", "saved", step=2),  # Right after the second round of this start is saved.
+        fault("sigkill_group", "save", step=1, delay=0.3),  # While version 4 is being written.
+        fault("sigint", "tracing", delay=1.0),
+        fault("second_start", "saved", step=1),  # The first is held with the lock (SIGSTOP).
+    ]
+    report = chaos.chaos(_ROOT, faults=len(planned), seed=0, rounds=_ROUNDS,
+                         compare_tensorboard=chaos.served_points(_ROOT), planned=planned)
     self.assertEqual(report.problems, [])
-    self.assertEqual(report.faults, 5)
-    self.assertGreaterEqual(report.runs, 1)
-    self.assertEqual(report.identical, report.runs)
-    self.assertEqual(report.leaked_processes, 0)
+    hits = report.hits
+    self.assertEqual([hit.status for hit in hits], [75, 75, -signal.SIGKILL, -signal.SIGKILL, 75, 0])
+    self.assertTrue(all(hit.landed for hit in hits))
+    # (newest version when the fault landed, once the start ended, the next start resumed from)
+    self.assertEqual([(hit.saved_before, hit.saved_after, hit.resumed_from) for hit in hits[:5]],
+                     [(None, None, None), (None, 0, 0), (2, 2, 2), (3, 3, 3), (3, 3, 3)])
+    self.assertEqual([hit.in_save for hit in hits], [False, True, False, True, False, False])
+    stopped = ("Stopped by {} during start-up, before training; nothing was lost. Run the same "
+               "command again to resume. Exit status 75.")
+    self.assertEqual([hits[i].output.strip().splitlines()[-1] for i in (0, 1, 4)],
+                     [stopped.format("SIGTERM"), stopped.format("SIGTERM"), stopped.format("SIGINT")])
+    self.assertEqual((hits[5].second_status, hits[5].live_lock), (75, True))
+    self.assertEqual(report.summary(),
+                     "faults 6, runs identical 1 of 1, leaked processes 0, hit a run with saved "
+                     "rounds 4, a save in progress 2, a live lock 1")
 
 
 if __name__ == "__main__":

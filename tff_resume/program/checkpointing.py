@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import stat
 import time
 from typing import Any
@@ -33,6 +32,8 @@ from absl import logging
 import numpy as np
 import tensorflow_federated as tff
 import tree
+
+from tff_resume.runtime import fault_hooks
 
 _STATE_FILE = "state.npz"
 _METADATA_FILE = "metadata.json"
@@ -96,20 +97,6 @@ def _fsync_directory(path: str) -> None:
     os.close(directory)
 
 
-def _maybe_inject_fault(version: int) -> None:
-  """Test hook, after version `version`'s files are written but before its manifest and rename.
-
-  `TFF_RESUME_FAULT=kill-during-save:3` SIGKILLs the process there while saving version 3, so tests
-  can kill a real run in the middle of a save; `TFF_RESUME_FAULT=disk-full-during-save:3` fails the
-  write with ENOSPC, for machines where a test cannot mount a small file system.
-  """
-  fault = os.environ.get("TFF_RESUME_FAULT")
-  if fault == f"kill-during-save:{version}":
-    os.kill(os.getpid(), signal.SIGKILL)
-  if fault == f"disk-full-during-save:{version}":
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
 def _leaf_kind(leaf: Any) -> str:
   """How a leaf is restored: as a Python value, a numpy scalar, or an array."""
   if isinstance(leaf, np.generic):
@@ -154,13 +141,15 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     return os.path.join(self._root_dir, f"version_{version}")
 
   def remove_temporaries(self) -> list[str]:
-    """Removes unfinished versions left by a killed process; returns their paths. Call at start."""
+    """Removes unfinished versions (left by a killed process, or this one's own when a second
+    signal stops it in a save); returns their paths. Call at start."""
     if not os.path.isdir(self._root_dir):
       return []
     stale = sorted(os.path.join(self._root_dir, name) for name in os.listdir(self._root_dir)
                    if name.startswith(_TEMPORARY_PREFIX))
     for path in stale:
-      logging.warning("Removing an unfinished checkpoint left by an interrupted run: %s", path)
+      if not path.endswith(f"-{os.getpid()}"):
+        logging.warning("Removing an unfinished checkpoint left by an interrupted run: %s", path)
       shutil.rmtree(path)
     return stale
 
@@ -350,7 +339,7 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
         json.dump(metadata, metadata_file)
         metadata_file.flush()
         os.fsync(metadata_file.fileno())
-    _maybe_inject_fault(version)
+    fault_hooks.during_save(version)  # Test hooks (TFF_RESUME_FAULT); nothing when unset.
     manifest = {
         "version": version,
         "leaf_kinds": [_leaf_kind(leaf) for leaf in leaves],

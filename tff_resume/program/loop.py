@@ -38,6 +38,7 @@ from tff_resume.program import run_lock
 from tff_resume.program import run_record
 from tff_resume.program import training
 from tff_resume.program import units
+from tff_resume.runtime import fault_hooks
 from tff_resume.runtime import network_isolation
 from tff_resume.runtime import signals
 from tff_resume.runtime import workers as workers_lib
@@ -217,6 +218,7 @@ class ResumableLoop:
   def process(self):
     """The process (built on first use when a function was given)."""
     if not (hasattr(self._process, "next") and hasattr(self._process, "initialize")):
+      fault_hooks.announce("tracing")
       self._process = self._process()
     return self._process
 
@@ -342,6 +344,7 @@ class ResumableLoop:
         stop.add_cleanup(cleanup)
       if self._config is not None:
         atomic_files.write_json_atomically(paths.config_json, dict(self._config))
+        fault_hooks.announce("wrote config.json")
       newer = [v for v in manager.versions() if version is not None and v > version]
       for corrupt in newer + manager.unfinished_versions():
         manager.set_aside(corrupt)

@@ -20,6 +20,7 @@ from tff_resume.program import fingerprint as fingerprint_lib
 from tff_resume.program import loop as loop_lib
 from tff_resume.program import paths as paths_lib
 from tff_resume.program import status as status_lib
+from tff_resume.runtime import fault_hooks
 from tff_resume.runtime import signals
 
 ConfigError = config_files.ConfigError
@@ -62,6 +63,7 @@ class Run:
     config = self.config
     experiment.validate(config)
     fingerprint = fingerprint_lib.compute_fingerprint(config)
+    fault_hooks.announce("loading data")
     train_data, test_data = experiment.load_data(config)
     experiment.check_population(config, train_data)
     if stop is not None:

@@ -70,14 +70,16 @@ class StopRequest:
     name = signal.Signals(signal_number).name
     if self.requested:
       status = "" if self._in_process else f" Exit status {EXIT_CODE_INTERRUPTED}."
-      _say(f"\n{name} received again: stopping now (the last saved version is intact).{status}\n")
+      message = f"\n{name} received again: stopping now (the last saved version is intact).{status}\n"
       if self._in_process:
+        _say(message)
         raise KeyboardInterrupt(f"{name} received twice")
       for cleanup in self._cleanups:
         try:
           cleanup()
         except Exception:  # pylint: disable=broad-except
           pass  # Leftovers of an unfinished write are removed by the next start anyway.
+      _say(message)
       os._exit(EXIT_CODE_INTERRUPTED)  # pylint: disable=protected-access
     self.requested = True
     self.signal_name = name
