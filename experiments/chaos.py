@@ -214,7 +214,7 @@ def inflict(command: list[str], run_dir: str, fault: Fault) -> tuple[Hit, list[s
   save_version = (0 if before is None else before + 1) + fault.step
   hooks = "phases" + (f",pause-during-save:{save_version}" if fault.moment == "save" else "")
   runner = _start(command, hooks)
-  hit, seen, outputs = Hit(fault, status=0), [], []
+  hit, seen, second_output = Hit(fault, status=0), [], ""
   try:
     reached = _wait_for_moment(runner, fault, save_version, seen)
     time.sleep(fault.delay)
@@ -222,26 +222,29 @@ def inflict(command: list[str], run_dir: str, fault: Fault) -> tuple[Hit, list[s
     if hit.landed:
       hit.saved_before = newest_version(run_dir)
       hit.in_save = fault.moment == "save"
-      if fault.kind == "second_start":  # Its start line (when it trained) came first.
-        outputs.append(_second_start(command, runner, hit))
+      if fault.kind == "second_start":
+        second_output = _second_start(command, runner, hit)
       elif fault.kind == "sigkill_group":
         os.killpg(runner.pid, signal.SIGKILL)
       else:
         runner.send_signal({"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM,
                             "sigint": signal.SIGINT}[fault.kind])
     output, _ = runner.communicate(timeout=_PROCESS_TIMEOUT_SECONDS)
-    outputs.append("".join(seen) + output)
+    hit.output = "".join(seen) + output
   finally:
     if runner.poll() is None:
       runner.kill()
       runner.wait()
-  hit.status, hit.output = runner.returncode, outputs[-1]
-  hit.saved_after = newest_version(run_dir)
+  hit.status, hit.saved_after = runner.returncode, newest_version(run_dir)
   if hit.status not in _EXPECTED_STATUS[fault.kind] and not hit.problem:
-    hit.problem = f"{fault.kind} ended the runner with status {hit.status}: {outputs[-1][-300:]}"
-  if "Traceback" in outputs[-1] and not hit.problem:
-    hit.problem = f"{fault.kind}: traceback in the output: {outputs[-1].strip()[-300:]}"
-  return hit, outputs
+    hit.problem = f"{fault.kind} ended the runner with status {hit.status}: {hit.output[-300:]}"
+  if "Traceback" in hit.output and not hit.problem:
+    hit.problem = f"{fault.kind}: traceback in the output: {hit.output.strip()[-300:]}"
+  # A second start that trained (the first was held before it took the lock) said where it
+  # started before the first did; one that found the run complete, after.
+  if " is complete: " in second_output:
+    return hit, [hit.output, second_output]
+  return hit, [second_output, hit.output]
 
 
 def start_line_version(output: str, run_dir: str) -> tuple[bool, int | None]:
