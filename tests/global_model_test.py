@@ -1,4 +1,5 @@
-"""Using what was trained: your own model (trained, resumed), export opened in plain TensorFlow, warm start.
+"""Using what was trained: your own model (trained, resumed), export opened in plain TensorFlow, warm start
+(killed and resumed, it ends as one never interrupted).
 
 Every run is the real runner in a subprocess on the smoke preset; the export is loaded in a fresh process
 that cannot import tff_resume.
@@ -8,12 +9,14 @@ import concurrent.futures
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
 from absl.testing import absltest
 import numpy as np
 
+from experiments import chaos
 from tff_resume.data import synthetic
 from tff_resume.learning import models
 from tff_resume.program import bookkeeping
@@ -35,13 +38,13 @@ print(json.dumps(model.predict(images, verbose=0).tolist()))
 """
 
 
-def _run(root, name, *overrides, rounds=2):
+def _run(root, name, *overrides, rounds=2, env=None):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py:smoke",
        f"--root_output_dir={root}", f"--experiment_name={name}",
        f"--config.training.total_rounds={rounds}", *overrides],
-      cwd=_REPO_ROOT, env=dict(os.environ, PYTHONPATH=_REPO_ROOT), capture_output=True, text=True,
-      timeout=300)
+      cwd=_REPO_ROOT, env=dict(os.environ, PYTHONPATH=_REPO_ROOT, **(env or {})),
+      capture_output=True, text=True, timeout=300)
   return result.returncode, result.stdout, result.stderr
 
 
@@ -197,19 +200,25 @@ class WarmStartTest(absltest.TestCase):
     global_model.export_model(os.path.join(root, "source"), export)
 
     sources = {"from_export": export, "from_run": os.path.join(root, "source")}
+    # from_export is SIGKILLed while saving its round 2; from_run trains its 2 rounds uninterrupted.
+    faults = {"from_export": {"TFF_RESUME_FAULT": "kill-during-save:2"}, "from_run": {}}
     with concurrent.futures.ThreadPoolExecutor(len(sources)) as pool:  # Two runners, two cores.
       results = dict(zip(sources, pool.map(
           lambda name: _run(root, name, linear, f"--config.model.initial_weights={sources[name]}",
-                            rounds=1), sources)))
-    for name, (status, _, stderr) in results.items():
-      self.assertEqual(status, 0, stderr)
+                            env=faults[name]), sources)))
+    self.assertEqual({name: status for name, (status, _, _) in results.items()},
+                     {"from_export": -signal.SIGKILL, "from_run": 0}, results["from_run"][2])
+    for name in sources:
       self.assertEqual(_record(os.path.join(root, name), version=0)["model_weights_sha256"],
                        source_sha)
-    # Resuming the warm-started run keeps working.
+    # Resumed from its round-1 checkpoint, not from the warm start again: it ends as the
+    # uninterrupted warm start, every leaf of the state, metric and sampled client.
     status, stdout, stderr = _run(root, "from_export", linear,
-                                  f"--config.model.initial_weights={export}", rounds=2)
+                                  f"--config.model.initial_weights={export}")
     self.assertEqual(status, 0, stderr)
-    self.assertIn("Resuming", stdout)
+    self.assertIn("from version 1 (1 round to redo)", stdout)
+    self.assertEqual(chaos.run_outcome(os.path.join(root, "from_export")),
+                     chaos.run_outcome(os.path.join(root, "from_run")))
     self.assertEqual(
         _record(os.path.join(root, "from_export"))["fingerprint"]["model.initial_weights_sha256"],
         global_model.source_sha256(export))

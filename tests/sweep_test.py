@@ -1,25 +1,32 @@
 """A 2x2 study through `python -m experiments.sweep` with 2 jobs: SIGKILLed (its process group)
 mid-way, run again, it ends with every run equal to the same config run alone by the runner, a summary
-of the four runs, and no process left."""
+of the four runs whose means and spreads are those of the runs' metrics.csv, and no process left; the
+grid a field left unused collapses, as the README's example says."""
 
 import concurrent.futures
+import csv
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
 
 from absl.testing import absltest
 
+from configs import demo
 from experiments import chaos
 from tff_resume.program import study
+from tff_resume.program import units
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARKER = ("TFF_RESUME_SWEEP_TEST", f"{os.getpid()}-{time.time_ns()}")
 _ENV = dict(os.environ, PYTHONPATH=_REPO_ROOT, **{_MARKER[0]: _MARKER[1]})
+# Evaluated at rounds 2, 4 and 6 (their accuracies differ): the summary must take round 6's.
 _COMMON = ["--config=configs/demo.py:smoke", "--config.model.name=linear",
-           "--config.training.total_rounds=6", "--config.aggregator.quantize.threshold=0",
+           "--config.training.total_rounds=6", "--config.evaluation.rounds_per_eval=2",
+           "--config.aggregator.quantize.threshold=0",
            "--config.aggregator.quantize.stochastic=false"]
 _GRID = ["--grid=aggregator.name=mean,quantize", "--grid=training.seed=0,1"]
 _RUNS = {"aggregator-mean_seed-0": ["--config.aggregator.name=mean", "--config.training.seed=0"],
@@ -28,6 +35,12 @@ _RUNS = {"aggregator-mean_seed-0": ["--config.aggregator.name=mean", "--config.t
                                         "--config.training.seed=0"],
          "aggregator-quantize_seed-1": ["--config.aggregator.name=quantize",
                                         "--config.training.seed=1"]}
+
+
+def _final_round(run_dir: str) -> dict[str, str]:
+  """The last row of the run's metrics.csv, read here, not through the summary's own reader."""
+  with open(os.path.join(run_dir, "results", "metrics.csv"), newline="") as csv_file:
+    return list(csv.DictReader(csv_file))[-1]
 
 
 def _marked() -> set[int]:
@@ -91,8 +104,22 @@ class SweepTest(absltest.TestCase):
     self.assertEqual(sorted(os.listdir(os.path.join(root, study.SUMMARY_FOLDER))), [
         "accuracy_vs_aggregated_bits.png", "accuracy_vs_round.png", "comparison.md", "study.md"])
     grouped = [line for line in table.splitlines() if line.startswith("| aggregator.name=")]
-    self.assertEqual([line.split(" | ")[:2] for line in grouped],
-                     [["| aggregator.name=mean", "2"], ["| aggregator.name=quantize", "2"]])
+    expected = []
+    for aggregator in ("mean", "quantize"):
+      finals = [_final_round(os.path.join(root, f"aggregator-{aggregator}_seed-{seed}"))
+                for seed in (0, 1)]
+      self.assertEqual([final["round"] for final in finals], ["6", "6"])
+      accuracies = [float(final["evaluation/sparse_categorical_accuracy"]) for final in finals]
+      # Two seeds that differ: a population spread would then read differently from a sample one.
+      self.assertNotEqual(accuracies[0], accuracies[1], aggregator)
+      aggregated, broadcast = ([int(final[f"communication/{kind}_bits"]) for final in finals]
+                               for kind in ("aggregated", "broadcasted"))
+      expected.append(
+          f"| aggregator.name={aggregator} | 2 | {statistics.mean(accuracies):.4f} ± "
+          f"{statistics.stdev(accuracies):.4f} | "
+          f"{units.format_bits(round(statistics.mean(aggregated)))} | "
+          f"{units.format_bits(round(statistics.mean(broadcast)))} |")
+    self.assertEqual(grouped, expected)
     self.assertEqual(sorted(line.split(" | ")[0][2:] for line in table.splitlines()
                             if line.startswith("| aggregator-")), sorted(_RUNS))
     self.assertEqual(_wait_until_none_left(), set())
@@ -107,6 +134,20 @@ class SweepTest(absltest.TestCase):
     self.assertEqual(result.stderr, "sweep: error: --grid 'aggregator.bits=4,8': unknown config "
                      "field 'aggregator.bits'.\n")
     self.assertFalse(os.path.exists(root))
+
+
+class ExpandTest(absltest.TestCase):
+
+  def test_readme_grid_collapses_the_unused_bits_to_four_runs(self):
+    grid = study.parse_grid(["aggregator.name=mean,compression,quantize",
+                             "aggregator.quantize.bits=4,8"], demo.get_config())
+    self.assertEqual(study.expand(demo.get_config(), grid), [
+        study.PlannedRun("aggregator-mean", {"aggregator.name": "mean"}),
+        study.PlannedRun("aggregator-compression", {"aggregator.name": "compression"}),
+        study.PlannedRun("aggregator-quantize_bits-4",
+                         {"aggregator.name": "quantize", "aggregator.quantize.bits": 4}),
+        study.PlannedRun("aggregator-quantize_bits-8",
+                         {"aggregator.name": "quantize", "aggregator.quantize.bits": 8})])
 
 
 if __name__ == "__main__":
