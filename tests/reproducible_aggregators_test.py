@@ -1,7 +1,9 @@
 """Every aggregator that draws random numbers reproduces: two fresh runs, and a run SIGKILLed while a
 version is written then resumed, end with the same bytes in every leaf of the server state
-(aggregator state included), clients and metrics; `aggregator.seed` redraws only the aggregator's
-randomness. The 2nn model, whose two large kernels are quantized. Real runner subprocesses.
+(aggregator state included), clients and metrics; so does a run of an aggregator with adaptive state
+SIGKILLed again right after a round, then resumed from that round's version. `aggregator.seed`
+redraws only the aggregator's randomness. The 2nn model, whose two large kernels are quantized. Real
+runner subprocesses.
 """
 
 import json
@@ -20,6 +22,9 @@ from tests import aggregator_configs
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = 3
+# Aggregators with adaptive state (compression: its zeroing and clipping norms; dp: its clip norm),
+# whose killed run is killed a second time, right after round 2 is saved, before it is resumed.
+_KILLED_AFTER_A_ROUND = ("compression", "dp")
 
 
 def _start(root, name, overrides, *extra, env=None):
@@ -37,20 +42,40 @@ def _side_by_side(*runners):
   return [(runner.returncode, *output) for runner, output in zip(runners, outputs)]
 
 
+def _kill_after_round(runner, round_num):
+  """SIGKILLs `runner` as soon as it prints its line for `round_num` (the round is saved then);
+  returns the output it read."""
+  seen = []
+  for line in runner.stdout:
+    seen.append(line)
+    if line.startswith(f"round {round_num:4d}/"):
+      runner.kill()
+      break
+  return "".join(seen)
+
+
 class ReproducibleAggregatorsTest(absltest.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
-    cls.starts = {}
+    cls.straight, cls.seeded, cls.killed = {}, {}, {}  # killed: every start of the killed run.
     for name, overrides in aggregator_configs.RANDOM_AGGREGATORS.items():
-      first = _side_by_side(_start(cls.root, f"{name}_a", overrides),
-                            _start(cls.root, f"{name}_killed", overrides,
-                                   env={"TFF_RESUME_FAULT": "kill-during-save:2"}))
-      second = _side_by_side(_start(cls.root, f"{name}_killed", overrides),
-                             _start(cls.root, f"{name}_seed", overrides, "--config.aggregator.seed=1"))
-      cls.starts[name] = first + second
+      cls.straight[name], killed = _side_by_side(
+          _start(cls.root, f"{name}_a", overrides),
+          _start(cls.root, f"{name}_killed", overrides,
+                 env={"TFF_RESUME_FAULT": "kill-during-save:2"}))
+      resumed = _start(cls.root, f"{name}_killed", overrides)
+      seeded = _start(cls.root, f"{name}_seed", overrides, "--config.aggregator.seed=1")
+      seen = _kill_after_round(resumed, 2) if name in _KILLED_AFTER_A_ROUND else ""
+      (status, out, err), cls.seeded[name] = _side_by_side(resumed, seeded)
+      cls.killed[name] = [killed, (status, seen + out, err)]
+    last_starts = _side_by_side(*[
+        _start(cls.root, f"{name}_killed", aggregator_configs.RANDOM_AGGREGATORS[name])
+        for name in _KILLED_AFTER_A_ROUND])
+    for name, last in zip(_KILLED_AFTER_A_ROUND, last_starts):
+      cls.killed[name].append(last)
 
   @classmethod
   def tearDownClass(cls):
@@ -62,16 +87,26 @@ class ReproducibleAggregatorsTest(absltest.TestCase):
 
   def test_fresh_and_killed_then_resumed_runs_are_identical(self):
     for name in aggregator_configs.RANDOM_AGGREGATORS:
-      (straight, _, err), (killed, _, _), (resumed, out, err2), _ = self.starts[name]
-      self.assertEqual((straight, killed, resumed), (0, -signal.SIGKILL, 0), err + err2)
-      self.assertIn("from version 1 (1 round to redo)", out)
+      self.assertEqual(self.straight[name][0], 0, self.straight[name][2])
+      # Killed while saving version 2; then, with adaptive state, killed once round 2 is saved.
+      expected = [(-signal.SIGKILL, None), (0, "from version 1 (1 round to redo)")]
+      if name in _KILLED_AFTER_A_ROUND:
+        expected[1:] = [(-signal.SIGKILL, "from version 1 (1 round to redo)"),
+                        (0, "from version 2 (0 rounds to redo)")]
+      starts = self.killed[name]
+      self.assertEqual([status for status, _, _ in starts], [status for status, _ in expected],
+                       f"{name}: {[err[-500:] for _, _, err in starts]}")
+      for (_, out, _), (_, resumed_from) in zip(starts, expected):
+        if resumed_from:
+          self.assertIn(f"Resuming {self.root}/{name}_killed {resumed_from}, up to round "
+                        f"{_ROUNDS}.\n", out)
       outcome = self._outcome_of(f"{name}_a")
       self.assertEqual(self._outcome_of(f"{name}_killed"), outcome, name)
       self.assertLen(outcome["sampled_clients"], _ROUNDS)
 
   def test_the_aggregator_seed_redraws_only_the_aggregator(self):
     for name in aggregator_configs.RANDOM_AGGREGATORS:
-      self.assertEqual(self.starts[name][3][0], 0, self.starts[name][3][2])
+      self.assertEqual(self.seeded[name][0], 0, self.seeded[name][2])
       seeded, outcome = self._outcome_of(f"{name}_seed"), self._outcome_of(f"{name}_a")
       self.assertNotEqual(seeded["model_weights_sha256"], outcome["model_weights_sha256"], name)
       self.assertEqual(seeded["sampled_clients"], outcome["sampled_clients"], name)

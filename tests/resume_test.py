@@ -49,10 +49,11 @@ def _run(root, name, *extra, env=None, total_rounds=_TOTAL_ROUNDS):
   return runner.returncode, stdout, stderr
 
 
-def _final(root, name):
-  """Returns (record, server-state leaves) of the newest version of a run."""
+def _final(root, name, version=None):
+  """Returns (record, server-state leaves) of a version of a run (None: the newest)."""
   manager = checkpointing.DurableProgramStateManager(os.path.join(root, name, "checkpoints"))
-  version = manager.latest_good_version()
+  if version is None:
+    version = manager.latest_good_version()
   with np.load(os.path.join(manager.version_path(version), "state.npz")) as arrays:
     leaves = {key: arrays[key] for key in arrays.files}
   return bookkeeping.full_record(manager, version), leaves
@@ -115,11 +116,15 @@ class ResumeEquivalenceTest(_WithStraightRun):
     self.assertEqual(record["sampled_clients"], self.straight_record["sampled_clients"])
     self.assertEqual(_without_wall_times(record["metrics"]),
                      _without_wall_times(self.straight_record["metrics"]))
+    self._assert_straight_leaves(record, leaves)
+    return record
+
+  def _assert_straight_leaves(self, record, leaves):
+    """The straight run's final server state (version 4), to the byte in every leaf."""
     self.assertEqual(record["model_weights_sha256"], self.straight_record["model_weights_sha256"])
     self.assertEqual(sorted(leaves), sorted(self.straight_leaves))
     for key, array in leaves.items():
       self.assertEqual(array.tobytes(), self.straight_leaves[key].tobytes(), key)
-    return record
 
   def test_sigkill_while_version_3_is_written_then_resume_is_identical(self):
     status, _, _ = _run(self.root, "midsave", env={"TFF_RESUME_FAULT": "kill-during-save:3"})
@@ -171,6 +176,9 @@ class ResumeEquivalenceTest(_WithStraightRun):
     # Round 4 is no longer the last round, so it is not evaluated; training metrics are identical.
     self.assertEqual(_without_evaluation(_without_wall_times(record["metrics"][:4])),
                      _without_evaluation(_without_wall_times(self.straight_record["metrics"])))
+    # The redone version 4 is the straight run's version 4 in every leaf (its round 4 metrics show
+    # only what the clients did from version 3, not the update the server saved).
+    self._assert_straight_leaves(*_final(self.root, "corrupt", 4))
 
   def test_a_run_of_the_older_layout_moves_its_history_and_resumes_identically(self):
     run_dir = os.path.join(self.root, "legacy")

@@ -1,9 +1,9 @@
 """The aggregators' random draws: seeded, reproducible, and statistically what they claim to be.
 
 Stochastic rounding is unbiased and differs between clients; the DP noise has the configured standard
-deviation and is fresh every round; the Hadamard rotation changes every round; all of it is the
-same for the same seed and state. Privacy accounting equals `dp_accounting`'s own and reproduces a
-published value.
+deviation and is fresh every round, and without noise the seed changes no result; the Hadamard
+rotation changes every round; all of it is the same for the same seed and state. Privacy accounting
+equals `dp_accounting`'s own and reproduces a published value.
 """
 
 from absl.testing import absltest
@@ -12,6 +12,7 @@ from dp_accounting import rdp
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow_federated.python.aggregators import differential_privacy
 
 from tff_resume.learning import aggregators
 from tff_resume.learning import privacy_accounting
@@ -99,6 +100,11 @@ def _leaves(structure):
   return [np.asarray(leaf) for leaf in tf.nest.flatten(structure)]
 
 
+def _is_seed(leaf):
+  """Whether a state leaf is a stateless seed (the DP noises' state)."""
+  return leaf.dtype == np.int64 and leaf.shape == (2,)
+
+
 class AggregationProcessTest(absltest.TestCase):
   """The aggregators as TFF processes, on the local worker."""
 
@@ -153,6 +159,26 @@ class AggregationProcessTest(absltest.TestCase):
       other, _ = self._two_rounds(**spec, seed=5)
       self.assertFalse(np.array_equal(other[0], results[0]), spec)
 
+  def test_dp_noise_is_all_that_the_seed_changes(self):
+    spec = {"name": "dp", "clients_per_round": 2}
+    # Noise multiplier 0: TFF's split gives no noise to the sum nor to the clip count, so another
+    # seed changes only the seeds carried in the state, and results equal to the bit.
+    quiet, quiet_state = self._two_rounds(**spec, noise_multiplier=0.0, seed=4)
+    other, other_state = self._two_rounds(**spec, noise_multiplier=0.0, seed=5)
+    for result, other_result in zip(quiet, other):
+      np.testing.assert_array_equal(result, other_result)
+    seeds = lambda state: [leaf.tolist() for leaf in _leaves(state) if _is_seed(leaf)]
+    self.assertNotEqual(seeds(quiet_state), seeds(other_state))
+    np.testing.assert_equal([leaf for leaf in _leaves(quiet_state) if not _is_seed(leaf)],
+                            [leaf for leaf in _leaves(other_state) if not _is_seed(leaf)])
+    # Noise multiplier 0.1: round 1 clips to the same initial norm, so it differs from the quiet
+    # round by the sum's noise alone: TFF's share of it times the clip norm, over the 2 clients.
+    noisy, _ = self._two_rounds(**spec, noise_multiplier=0.1, seed=4)
+    sum_noise_multiplier, _ = differential_privacy.adaptive_clip_noise_params(0.1, 2.0)
+    # 30,000 draws: the standard deviation's error is ~0.4%.
+    self.assertAlmostEqual(np.std(noisy[0] - quiet[0]) / (
+        sum_noise_multiplier * seeded_privacy.INITIAL_L2_NORM_CLIP / 2), 1.0, delta=0.02)
+
   def test_compression_is_tffs_pipeline(self):
     ours = self._process(name="compression", seed=1)
     tffs = tff.learning.compression_aggregator().create(self.value_type,
@@ -165,12 +191,11 @@ class AggregationProcessTest(absltest.TestCase):
     tffs = tff.aggregators.as_weighted_aggregator(tff.learning.dp_aggregator(0.1, 2)).create(
         self.value_type, tff.TensorType(np.float32))
     ours_leaves, tffs_leaves = _leaves(ours.initialize()), _leaves(tffs.initialize())
-    is_seed = lambda leaf: leaf.dtype == np.int64 and leaf.shape == (2,)
     # The same values (the noise split, clip norm, estimators) plus the two noises' seeds.
-    self.assertEqual([leaf.tolist() for leaf in ours_leaves if is_seed(leaf)],
+    self.assertEqual([leaf.tolist() for leaf in ours_leaves if _is_seed(leaf)],
                      [[aggregators.purpose_seed(1, "noise"), 0],
                       [aggregators.purpose_seed(1, "noise"), 1]])
-    np.testing.assert_equal([leaf for leaf in ours_leaves if not is_seed(leaf)], tffs_leaves)
+    np.testing.assert_equal([leaf for leaf in ours_leaves if not _is_seed(leaf)], tffs_leaves)
 
 
 class PrivacyAccountingTest(absltest.TestCase):

@@ -111,6 +111,28 @@ class SubroundsTest(absltest.TestCase):
     self.assertNotEqual(not_split["model_weights_sha256"], local["model_weights_sha256"])
     self.assertEqual(not_split["sampled_clients"], local["sampled_clients"])
 
+  def test_partial_sums_are_merged_in_subround_order(self):
+    # Three clients in three subrounds on three workers, one each. In float32 (spacing 8 at 1e8),
+    # ((1e8 + 3) + 3) loses both 3s, while merging the first subround last (reversed, or in the
+    # order the subrounds finish when its worker is the slowest) adds 3 + 3 first: 1e8 + 8; and the
+    # other way round for the second sum. The runs above cannot show the order: their local
+    # reference merges through the same context. Nor can a stopped worker: TFF 0.87's remote
+    # executor calls its worker synchronously on the context's one event loop, so a SIGSTOPped first
+    # worker holds up the others and the subrounds still finish in order.
+    @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+    def total(values):
+      return tff.federated_sum(values)
+
+    addresses = _addresses(3).split(",")
+    previous = tff.framework.get_context_stack().current
+    tff.framework.set_default_context(
+        workers.SubroundContext(addresses, 3, workers.connect(addresses)))
+    try:
+      sums = [total(values) for values in ([1e8, 3.0, 3.0], [3.0, 3.0, 1e8])]
+    finally:
+      tff.framework.set_default_context(previous)
+    self.assertEqual(sums, [np.float32(1e8), np.float32(1e8 + 8)])
+
   def test_every_random_aggregator_gives_the_local_workers_bits_on_two_workers(self):
     # The 2nn model: its 156,800- and 40,000-value kernels are quantized (above 20,000 values).
     for name, overrides in aggregator_configs.RANDOM_AGGREGATORS.items():
