@@ -124,9 +124,9 @@ def _runner_environment(hooks: str = "phases") -> dict[str, str]:
               TFF_RESUME_FAULT=hooks)
 
 
-def schedule(seed: int, faults: int, rounds: int) -> list[Fault]:
-  """The seeded list of faults (kinds alike, moments weighted by MOMENTS)."""
-  del rounds  # Steps count from each start, so every fault has a round to land after.
+def schedule(seed: int, faults: int) -> list[Fault]:
+  """The seeded list of faults (kinds alike, moments weighted by MOMENTS); steps count from each
+  start, so every fault has a round to land after whatever the run's length."""
   rng = random.Random(seed)
   planned = []
   for _ in range(faults):
@@ -225,7 +225,10 @@ def inflict(command: list[str], run_dir: str, fault: Fault) -> tuple[Hit, list[s
       if fault.kind == "second_start":
         second_output = _second_start(command, runner, hit)
       elif fault.kind == "sigkill_group":
-        os.killpg(runner.pid, signal.SIGKILL)
+        try:
+          os.killpg(runner.pid, signal.SIGKILL)
+        except ProcessLookupError:
+          pass  # It ended (with its worker) since the poll above.
       else:
         runner.send_signal({"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM,
                             "sigint": signal.SIGINT}[fault.kind])
@@ -407,13 +410,13 @@ def chaos(root: str, faults: int, seed: int, rounds: int,
 
   Args:
     compare_tensorboard: run names -> {run: tensorboard points}, read through a real server.
-    planned: the faults, in order, instead of `schedule(seed, faults, rounds)`.
+    planned: the faults, in order, instead of `schedule(seed, faults)`.
   """
   report = ChaosReport()
   if not os.path.isdir(os.path.join(root, "straight")):  # A caller may have run it already.
     run_to_completion(runner_command(root, "straight", rounds))
   episodes = []
-  pending = list(planned) if planned is not None else schedule(seed, faults, rounds)
+  pending = list(planned) if planned is not None else schedule(seed, faults)
   total = len(pending)
   while pending:
     episode = _Episode(root, f"chaos_{len(episodes)}", rounds)
