@@ -120,7 +120,10 @@ _MARKER = f"TFF_RESUME_CHAOS={_MARKER_VALUE}".encode()
 
 
 def _runner_environment(hooks: str = "phases") -> dict[str, str]:
-  return dict(os.environ, PYTHONPATH=_REPO_ROOT, TFF_RESUME_CHAOS=_MARKER_VALUE,
+  # Without PYTHONUNBUFFERED, whatever the caller's shell sets: a batch job's log is a buffered
+  # pipe or file, and the order of its lines is part of what a fault must leave right.
+  environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+  return dict(environment, PYTHONPATH=_REPO_ROOT, TFF_RESUME_CHAOS=_MARKER_VALUE,
               TFF_RESUME_FAULT=hooks)
 
 

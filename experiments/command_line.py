@@ -40,8 +40,13 @@ USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, emnist.NotEmnis
 def exit_status(program: str, train: Callable[[], object]) -> int:
   """Calls `train()`; returns the exit status, after one line on stderr for what went wrong."""
   try:
-    train()
-    return 0
+    try:
+      train()
+      return 0
+    finally:
+      # What the run printed comes before the line that says how it ended, also where stdout is
+      # a buffered pipe or file (a batch job's log holding both streams).
+      _flush_stdout()
   except signals.Interrupted as interrupted:
     where = ("during start-up, before training; nothing was lost" if interrupted.rounds_done is None
              else f"after round {interrupted.rounds_done} (saved)")
@@ -69,6 +74,13 @@ def exit_status(program: str, train: Callable[[], object]) -> int:
           "intact. Free space (or fix the folder), then run the same command again. Exit status "
           f"{EXIT_CODE_WRITE_FAILED}.", file=sys.stderr)
     return EXIT_CODE_WRITE_FAILED
+
+
+def _flush_stdout() -> None:
+  try:
+    sys.stdout.flush()
+  except (OSError, ValueError):
+    pass  # A closed pipe or stream: the exit status still says how the run ended.
 
 
 def _describe_write_error(error: Exception) -> str:

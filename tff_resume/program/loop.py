@@ -361,7 +361,7 @@ class ResumableLoop:
       record = run_record.new_record(self.fingerprint, self._seeds, total_rounds)
       history.log_start(None, 0, total_rounds)
       bookkeeping.save_checkpoint(manager, state, record, self._weights_sha256(state))
-      print(f"Starting {self.paths.run_dir}: {total_rounds} rounds.")
+      print(f"Starting {self.paths.run_dir}: {total_rounds} rounds.", flush=True)
       return state, record
     try:
       state = manager.load_version(version, state)
@@ -372,7 +372,7 @@ class ResumableLoop:
     record.total_rounds = total_rounds
     history.log_start(version, redone, total_rounds)
     print(f"Resuming {self.paths.run_dir} from version {version} "
-          f"({redone} round{'s' * (redone != 1)} to redo), up to round {total_rounds}.")
+          f"({redone} round{'s' * (redone != 1)} to redo), up to round {total_rounds}.", flush=True)
     return state, record
 
   def _run_rounds(self, state, manager, record, history, total_rounds: int,
