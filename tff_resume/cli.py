@@ -3,6 +3,7 @@
     tff-resume status RUN_DIR [--json] [--round N] [--client ID] [--coverage]
     tff-resume export RUN_DIR --out DIR [--version N]
     tff-resume data import-leaf --src LEAF_DIR --out CACHE_DIR
+    tff-resume data index [--cache_dir CACHE_DIR]
     tff-resume data inspect --source {emnist,leaf,synthetic} [--split train|test] ...
     tff-resume worker --port PORT [--host HOST]
 
@@ -15,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 from tff_resume.runtime import local_worker
 from tff_resume.runtime import signals
@@ -56,6 +58,11 @@ def _build_parser() -> argparse.ArgumentParser:
   import_leaf.add_argument("--out", required=True,
                            help="folder to write emnist_all.sqlite into; use it as data.cache_dir")
 
+  index = data_commands.add_parser(
+      "index", help="add the index TFF's per-client query needs to an emnist_all.sqlite without one")
+  index.add_argument("--cache_dir", default=None,
+                     help="folder holding emnist_all.sqlite (default ~/.tff)")
+
   inspect = data_commands.add_parser("inspect", help="clients, examples per client, labels")
   inspect.add_argument("--source", choices=["emnist", "leaf", "synthetic"], required=True)
   inspect.add_argument("--split", choices=["train", "test"], default="train")
@@ -88,6 +95,30 @@ def _import_leaf(args) -> None:
     print(f"  {split_name}: {summary.clients[split_name]} clients, "
           f"{summary.examples[split_name]} examples")
   print(f"Load it with tff.simulation.datasets.emnist.load_data(cache_dir={args.out!r}).")
+
+
+def _index(args) -> None:
+  import sqlite3  # pylint: disable=g-import-not-at-top
+  from tff_resume.data import client_index  # pylint: disable=g-import-not-at-top
+  from tff_resume.data import emnist  # pylint: disable=g-import-not-at-top
+
+  path = emnist.require_emnist_database(args.cache_dir)
+  started = time.monotonic()
+  try:
+    added = client_index.add_client_index(path)
+  except sqlite3.OperationalError as error:
+    raise ValueError(f"cannot add the index to {path}: {error}. Run this where the file and its "
+                     "folder can be written; the file is unchanged.") from None
+  if added:
+    print(f"Added {client_index.ADDED_INDEX} to {path} in {time.monotonic() - started:.1f} s "
+          f"({client_index.added_index_bytes(path) / 2**20:.1f} MiB); its rows are unchanged.")
+  else:
+    print(f"{path} already has an index for TFF's per-client query; nothing to do.")
+  connection = client_index.connect(path)
+  try:
+    print(f"TFF's per-client query: {client_index.query_plan(connection)}")
+  finally:
+    connection.close()
 
 
 def _inspect(args) -> None:
@@ -201,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
   from tff_resume.program import run_lock  # pylint: disable=g-import-not-at-top
 
   handlers = {("data", "import-leaf"): _import_leaf, ("data", "inspect"): _inspect,
+              ("data", "index"): _index,
               ("status", None): _status, ("export", None): _export}
   try:
     handlers[(args.command, getattr(args, "data_command", None))](args)

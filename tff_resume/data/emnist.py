@@ -10,6 +10,8 @@ import sqlite3
 
 import tensorflow_federated as tff
 
+from tff_resume.data import client_index
+
 EMNIST_FILENAME = "emnist_all.sqlite"
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".tff")
 
@@ -33,7 +35,7 @@ def _check_emnist_database(path: str) -> None:
   problem = None if header == _SQLITE_HEADER else "it is not an SQLite database"
   if problem is None:
     try:
-      connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+      connection = client_index.connect(path)  # Read-write where it can: rolls a hot journal back.
       try:
         tables = {row[0] for row in connection.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -73,7 +75,8 @@ def require_emnist_database(cache_dir: str | None = None) -> str:
 
 
 def load_emnist(only_digits: bool, cache_dir: str | None = None):
-  """Loads federated EMNIST with TFF's own loader, never attempting a download.
+  """Loads federated EMNIST with TFF's own loader, never attempting a download; adds the index TFF's
+  per-client query needs where the file lacks one and can be written (`client_index`).
 
   Args:
     only_digits: load the 10-class digits-only splits instead of all 62 classes.
@@ -88,5 +91,6 @@ def load_emnist(only_digits: bool, cache_dir: str | None = None):
     NotEmnistError: the file is not TFF's EMNIST SQLite database.
   """
   path = require_emnist_database(cache_dir)
+  client_index.ensure_client_index(path, say=lambda line: print(line, flush=True))
   return tff.simulation.datasets.emnist.load_data(
       only_digits=only_digits, cache_dir=os.path.dirname(path))

@@ -1,7 +1,8 @@
 """The fingerprint of a run: every configuration field that changes the math.
 
 A run can be resumed only with the same fingerprint. It covers the data (source, digits-only, the
-synthetic set's parameters, and the size in bytes of the EMNIST file), the model (with the SHA-256 of a
+synthetic set's parameters, and the size in bytes of the EMNIST file as written, without the index
+a start may add), the model (with the SHA-256 of a
 warm start's source), the algorithm, the client and server optimizers, the aggregator, the clients
 per round, the seed and `runtime.num_subrounds` (how a round's aggregate is summed; the workers it
 runs on are not part of it). Fields that do not change the math (`training.total_rounds`, `checkpoint.*`,
@@ -16,6 +17,7 @@ so those runs keep their fingerprints and can still be resumed.
 import os
 from typing import Any, Mapping
 
+from tff_resume.data import client_index
 from tff_resume.data import emnist
 from tff_resume.program import global_model
 
@@ -81,7 +83,8 @@ def compute_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     fields["runtime.num_subrounds"] = subrounds
   if config["data"]["source"] == "emnist":
     path = emnist.require_emnist_database(config["data"]["cache_dir"] or None)
-    fields["data.file_bytes"] = os.path.getsize(path)
+    # As the file was written: the index a start adds (`client_index`) does not change the run.
+    fields["data.file_bytes"] = os.path.getsize(path) - client_index.added_index_bytes(path)
   unused = inapplicable_prefixes(config)
   for field, default in _LEFT_OUT_DEFAULTS.items():
     if fields.get(field) == default:

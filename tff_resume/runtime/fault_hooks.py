@@ -9,6 +9,8 @@
 - `kill-during-save:N`: SIGKILLs the process there.
 - `disk-full-during-save:N`: fails the write there with ENOSPC, for machines where a test cannot
   mount a small file system.
+- `kill-during-index`: SIGKILLs the process halfway through adding the EMNIST file's client index
+  (`tff_resume.data.client_index`), inside its transaction.
 """
 
 import errno
@@ -47,3 +49,28 @@ def during_save(version: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
   if f"disk-full-during-save:{version}" in hooks:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+# SQLite virtual-machine steps between the kill hook's looks at the file being indexed.
+_INDEX_CHECK_STEPS = 100
+
+
+def during_index(connection, path: str) -> None:
+  """Called inside the transaction that adds the client index to `path`, before `CREATE INDEX`.
+
+  With `kill-during-index`, the transaction's page cache is made tiny, so that index pages spill
+  into the file before the commit, and the process is SIGKILLed once the file itself has changed:
+  what is left is a file holding part of an index and the journal that undoes it.
+  """
+  if "kill-during-index" not in _hooks():
+    return
+  announce("adding index")
+  connection.execute("PRAGMA cache_size = 1")
+  size = os.path.getsize(path)
+
+  def kill_once_the_file_changed() -> int:
+    if os.path.getsize(path) != size:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+  connection.set_progress_handler(kill_once_the_file_changed, _INDEX_CHECK_STEPS)
