@@ -5,7 +5,7 @@ TFF's `SqlClientData` reads a client's examples with
     SELECT serialized_example_proto FROM examples WHERE client_id = ? AND split_name = ?
 
 and TFF's own writer (`sql_client_data_utils.save_to_sql_client_data`) creates no index, so every
-client read scans the whole `examples` table: 0.7 s a client on a 2.3 GiB EMNIST-62 file, against
+client read scans the whole `examples` table: 0.85 s a client on a 2.3 GiB EMNIST-62 file, against
 0.06 s with an index. `ensure_client_index` asks SQLite (`EXPLAIN QUERY PLAN` of that query) whether
 an index serves it, and when none does adds `ADDED_INDEX` on `(client_id, split_name)` in one
 transaction: a reader meanwhile sees the file without it or with all of it, and a kill halfway leaves a
