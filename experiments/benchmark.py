@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 
 from configs import demo
+from experiments import benchmark_emnist_scale
 from experiments import benchmark_scale
 from experiments import benchmark_workers
 from experiments import measure
@@ -60,10 +61,16 @@ _REPETITIONS = flags.DEFINE_integer("repetitions", 5, "Repetitions of each side-
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny workload and 2 repetitions (for tests; numbers "
                            "mean nothing).")
 _SECTIONS = flags.DEFINE_multi_enum(
-    "sections", ["core", "scale"], ["core", "scale", "workers"],
+    "sections", ["core", "scale"], ["core", "scale", "workers", "emnist_scale"],
     "Which sections to run: core (1-5: rounds, checkpoints, resume, scaling on the CNN), scale "
-    "(6-9: costs against rounds done, population and run length) and workers (10: the local "
-    "worker against loopback workers and subrounds; not run by default).")
+    "(6-9: costs against rounds done, population and run length), workers (10: the local "
+    "worker against loopback workers and subrounds; not run by default) and emnist_scale (11: "
+    "TFF's EMNIST file format at EMNIST's scale, built from --leaf_dir; not run by default).")
+_LEAF_DIR = flags.DEFINE_string(
+    "leaf_dir", os.path.join(measure.REPO_ROOT, "..", "shared", "data", "femnist-leaf"),
+    "emnist_scale: the LEAF FEMNIST folder whose writers are replicated.")
+_EMNIST_SCALE_WRITERS = flags.DEFINE_integer(
+    "emnist_scale_writers", 3400, "emnist_scale: training writers of the file built (about).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show TensorFlow's and TFF's messages.")
 
 _RESUME_TOTAL_ROUNDS = 10
@@ -76,7 +83,7 @@ TARGETS = {
     "checkpoint_share_of_round": 0.02,
     "resume_extra_seconds": 1.0,
 }
-ALL_TARGETS = {**TARGETS, **benchmark_scale.TARGETS}
+ALL_TARGETS = {**TARGETS, **benchmark_scale.TARGETS, **benchmark_emnist_scale.TARGETS}
 
 
 def _log(message: str) -> None:
@@ -469,6 +476,8 @@ def render_markdown(report: dict) -> str:
     lines += benchmark_scale.render_markdown(report["scale"])
   if "workers" in report:
     lines += benchmark_workers.render_markdown(report["workers"])
+  if "emnist_scale" in report:
+    lines += benchmark_emnist_scale.render_markdown(report["emnist_scale"])
   return "\n".join(lines) + "\n"
 
 
@@ -566,6 +575,12 @@ def main(argv):
       _log("section 10: local worker, subrounds and loopback workers")
       sections["workers"] = benchmark_workers.bench_workers(Workload(workload_config(quick)),
                                                             repetitions)
+    if "emnist_scale" in _SECTIONS.value:
+      _log("section 11: TFF's EMNIST file format at EMNIST's scale")
+      sections["emnist_scale"] = benchmark_emnist_scale.run_section(
+          _OUT.value, _LEAF_DIR.value, _EMNIST_SCALE_WRITERS.value, scratch, quick, repetitions,
+          FloorTrainer, Workload)
+      values.update(sections["emnist_scale"].pop("values"))
   config = workload_config(quick)
   report = {
       "date": datetime.date.today().isoformat(),

@@ -16,6 +16,7 @@ import threading
 
 from absl.testing import absltest
 import tensorflow as tf
+import tensorflow_federated as tff
 from tensorflow_federated.python.simulation.datasets import sql_client_data_utils
 
 from experiments import chaos
@@ -150,8 +151,16 @@ class ClientIndexTest(absltest.TestCase):
     status, stdout, stderr = _train(os.path.dirname(indexed), root, "indexed")
     self.assertEqual(status, 0, stderr)
     self.assertNotIn("data: ", stdout)
-    self.assertEqual(chaos.run_outcome(os.path.join(root, "unindexed")),
-                     chaos.run_outcome(os.path.join(root, "indexed")))
+    outcome = chaos.run_outcome(os.path.join(root, "unindexed"))
+    self.assertEqual(outcome, chaos.run_outcome(os.path.join(root, "indexed")))
+    # The participation record's examples (the file's client_metadata) are the clients' examples.
+    train, _ = tff.simulation.datasets.emnist.load_data(only_digits=False,
+                                                         cache_dir=os.path.dirname(indexed))
+    self.assertLen(outcome["participation"], 6)
+    self.assertEqual(
+        [examples for _, _, examples in outcome["participation"]],
+        [len(list(train.create_tf_dataset_for_client(client_id)))
+         for _, client_id, _ in outcome["participation"]])
     # The fingerprint keeps the file's size as TFF wrote it, so the run resumes on the indexed file.
     with open(os.path.join(root, "unindexed", "checkpoints", "version_2",
                            "metadata.json")) as metadata:

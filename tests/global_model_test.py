@@ -17,6 +17,7 @@ from absl.testing import absltest
 import numpy as np
 
 from experiments import chaos
+from tests import smoke_runs
 from tff_resume.data import synthetic
 from tff_resume.learning import models
 from tff_resume.program import bookkeeping
@@ -38,14 +39,7 @@ print(json.dumps(model.predict(images, verbose=0).tolist()))
 """
 
 
-def _run(root, name, *overrides, rounds=2, env=None):
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py:smoke",
-       f"--root_output_dir={root}", f"--experiment_name={name}",
-       f"--config.training.total_rounds={rounds}", *overrides],
-      cwd=_REPO_ROOT, env=dict(os.environ, PYTHONPATH=_REPO_ROOT, **(env or {})),
-      capture_output=True, text=True, timeout=300)
-  return result.returncode, result.stdout, result.stderr
+_run = smoke_runs.run_smoke
 
 
 def _newest(run_dir):

@@ -7,6 +7,7 @@ checks for the file first and fails at once with what to do instead.
 
 import os
 import sqlite3
+from typing import Callable
 
 import tensorflow_federated as tff
 
@@ -94,3 +95,31 @@ def load_emnist(only_digits: bool, cache_dir: str | None = None):
   client_index.ensure_client_index(path, say=lambda line: print(line, flush=True))
   return tff.simulation.datasets.emnist.load_data(
       only_digits=only_digits, cache_dir=os.path.dirname(path))
+
+
+def split_name(only_digits: bool, split: str) -> str:
+  """TFF's name of the EMNIST split: `all_train`, `digits_only_test`, ..."""
+  return f"{'digits_only' if only_digits else 'all'}_{split}"
+
+
+def example_counts(only_digits: bool, cache_dir: str | None = None,
+                   limit: int | None = None) -> Callable[[str], int]:
+  """Returns examples(client_id): a training client's examples (at most `limit`), as the file's
+  `client_metadata` table records them (TFF's writer and the LEAF import count them as they write),
+  so that a round's clients are not read a second time to be counted."""
+  path = emnist_database_path(cache_dir)
+  split = split_name(only_digits, "train")
+
+  def examples(client_id: str) -> int:
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+      row = connection.execute(
+          "SELECT num_examples FROM client_metadata WHERE client_id = ? AND split_name = ?",
+          (client_id, split)).fetchone()
+    finally:
+      connection.close()
+    if row is None:
+      raise NotEmnistError(f"{path}: client {client_id!r} has no row in client_metadata.")
+    return min(row[0], limit) if limit else row[0]
+
+  return examples

@@ -61,7 +61,8 @@ def _to_batch_format(spec: PreprocessSpec):
   return batch_format
 
 
-def _limit(dataset: tf.data.Dataset, spec: PreprocessSpec) -> tf.data.Dataset:
+def limit_examples(dataset: tf.data.Dataset, spec: PreprocessSpec) -> tf.data.Dataset:
+  """A client's first `spec.max_examples_per_client` examples in stored order (all when unset)."""
   if spec.max_examples_per_client:
     return dataset.take(spec.max_examples_per_client)
   return dataset
@@ -70,7 +71,7 @@ def _limit(dataset: tf.data.Dataset, spec: PreprocessSpec) -> tf.data.Dataset:
 def preprocess_for_training(dataset: tf.data.Dataset, spec: PreprocessSpec, *, seed: int,
                             round_num: int, client_id: str) -> tf.data.Dataset:
   """Returns a client's training batches for one round, in an order fixed by (seed, round, client)."""
-  dataset = _limit(dataset, spec)
+  dataset = limit_examples(dataset, spec)
   if spec.epochs > 1:  # Read (and parse) the client's examples once a round, not once an epoch.
     dataset = dataset.cache()
   dataset = dataset.shuffle(
@@ -79,9 +80,15 @@ def preprocess_for_training(dataset: tf.data.Dataset, spec: PreprocessSpec, *, s
   return dataset.repeat(spec.epochs).batch(spec.batch_size).map(_to_batch_format(spec))
 
 
+def batch_for_evaluation(dataset: tf.data.Dataset, spec: PreprocessSpec,
+                         batch_size: int) -> tf.data.Dataset:
+  """Returns `dataset`'s examples in batches of `batch_size` in stored order, in `spec`'s format."""
+  return dataset.batch(batch_size).map(_to_batch_format(spec))
+
+
 def preprocess_for_evaluation(dataset: tf.data.Dataset, spec: PreprocessSpec) -> tf.data.Dataset:
   """Returns a client's evaluation batches: one pass in stored order, no shuffling."""
-  return _limit(dataset, spec).batch(spec.batch_size).map(_to_batch_format(spec))
+  return batch_for_evaluation(limit_examples(dataset, spec), spec, spec.batch_size)
 
 
 def element_spec(spec: PreprocessSpec):

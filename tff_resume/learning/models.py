@@ -181,10 +181,15 @@ def build_model_fn(model_name: str, num_classes: int, seed: int, input_spec,
     return tff.learning.models.from_keras_model(
         keras_model,
         input_spec=input_spec,
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=keras_loss(),
         metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
 
   return model_fn
+
+
+def keras_loss(reduction: str = tf.keras.losses.Reduction.AUTO) -> tf.keras.losses.Loss:
+  """The models' loss: sparse categorical cross-entropy of the logits, reduced as `reduction`."""
+  return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
 
 
 def initial_model_weights(model_name: str, num_classes: int, seed: int):

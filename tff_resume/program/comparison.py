@@ -1,7 +1,8 @@
 """Side-by-side comparison of runs from their `results/metrics.csv`: a Markdown table and plots.
 
-Accuracy is the federated evaluation accuracy where a run has evaluation rounds, else the training
-accuracy; the table says which. Bits are the cumulative totals after the last round.
+Accuracy is the evaluation accuracy (federated or centralized, `evaluation.mode`) where a run has
+evaluation rounds, else the training accuracy; the table says which. Bits are the cumulative totals
+after the last round.
 """
 
 import csv

@@ -17,14 +17,17 @@ from tff_resume.learning import aggregators
 from tff_resume.learning import algorithms
 from tff_resume.learning import models
 from tff_resume.learning import privacy_accounting
+from tff_resume.program import centralized_evaluation
 from tff_resume.program import checkpointing
 from tff_resume.program import config_files
 from tff_resume.program import fingerprint
 from tff_resume.program import global_model
+from tff_resume.program import loop
 from tff_resume.program import training
 from tff_resume.runtime import workers
 
 DATA_SOURCES = ("emnist", "synthetic")
+EVALUATION_MODES = ("federated", "centralized")
 
 
 ConfigError = config_files.ConfigError
@@ -46,6 +49,10 @@ def synthetic_spec(config) -> synthetic.SyntheticSpec:
       max_examples_per_client=fields.max_examples_per_client,
       test_examples_per_client=fields.test_examples_per_client,
       only_digits=config.data.only_digits, label_skew=fields.label_skew, seed=fields.seed)
+
+
+def evaluation_mode(config) -> str:
+  return config.evaluation.get("mode", "federated")  # Configs written before the field: federated.
 
 
 def preprocess_spec(config) -> preprocessing.PreprocessSpec:
@@ -82,6 +89,8 @@ def validate(config) -> None:
            f"must be one of {', '.join(DATA_SOURCES)}, got {config.data.source!r}.")
   _require(config.model.compute_dtype in models.COMPUTE_DTYPES, "model.compute_dtype",
            f"must be one of {', '.join(models.COMPUTE_DTYPES)}, got {config.model.compute_dtype!r}.")
+  _require(evaluation_mode(config) in EVALUATION_MODES, "evaluation.mode",
+           f"must be one of {', '.join(EVALUATION_MODES)}, got {evaluation_mode(config)!r}.")
   try:
     models.check_model_name(config.model.name)
     if models.is_custom(config.model.name):  # Built once now: it must return a Keras model.
@@ -136,6 +145,15 @@ def load_data(config):
   if config.data.source == "emnist":
     return emnist.load_emnist(config.data.only_digits, config.data.cache_dir or None)
   return synthetic.load_synthetic(synthetic_spec(config))
+
+
+def client_examples(config, train_data):
+  """client id -> its training examples, for the participation record: read from the EMNIST file's
+  metadata, or counted (once per client) for data without it."""
+  limit = config.client.max_examples_per_client or None
+  if config.data.source == "emnist":
+    return emnist.example_counts(config.data.only_digits, config.data.cache_dir or None, limit)
+  return loop.counted_examples(train_data, limit)
 
 
 def check_population(config, train) -> None:
@@ -219,11 +237,18 @@ def preprocess_fn(config):
 
 
 def build_evaluation(config, test_data):
-  """Returns evaluate(model_weights) -> {'evaluation/<metric>': value}, with TFF's federated
-  evaluation (`tff.learning.algorithms.build_fed_eval`) over the test clients, in stored order; the
-  evaluation process is built at the first call (a start that never evaluates never builds it)."""
+  """Returns evaluate(model_weights) -> {'evaluation/<metric>': value} over the first
+  `evaluation.max_clients` test clients in sorted order (all for 0): `evaluation.mode` federated, TFF's
+  federated evaluation (`tff.learning.algorithms.build_fed_eval`) of each client's batches, or
+  centralized, the Keras model on their pooled examples (`centralized_evaluation`). What evaluates is
+  built at the first call (a start that never evaluates never builds it)."""
   spec = preprocess_spec(config)
   client_ids = sorted(test_data.client_ids)[:config.evaluation.max_clients or None]
+  if evaluation_mode(config) == "centralized":
+    return centralized_evaluation.build_evaluation(
+        lambda: models.create_keras_model(config.model.name, num_classes(config),
+                                          config.training.seed, config.model.compute_dtype),
+        test_data, client_ids, spec)
   built, datasets = [], []  # At the first evaluation, not at start (start-up must not grow).
 
   def evaluate(model_weights):

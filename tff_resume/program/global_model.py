@@ -57,6 +57,14 @@ def _ordered_variables(model: tf.keras.Model) -> list[tf.Variable]:
   return list(model.trainable_variables) + list(model.non_trainable_variables)
 
 
+def assign_weights(model: tf.keras.Model, arrays) -> None:
+  """Assigns `arrays` to `model`'s variables in TFF's `ModelWeights` order (trainable, then
+  non-trainable, as `list(weights.trainable) + list(weights.non_trainable)`); a count that differs
+  raises ValueError (check the shapes first where the arrays come from a file: `_check_shapes`)."""
+  for variable, array in zip(_ordered_variables(model), arrays, strict=True):
+    variable.assign(array)
+
+
 def _check_shapes(variables, arrays, source: str) -> None:
   if len(arrays) != len(variables):
     raise ModelSourceError(
@@ -100,8 +108,7 @@ def load_run_version(run_dir: str, version: int | None = None):
     raise ModelSourceError(
         f"{source}: the weights read do not match the SHA-256 in its run record; was config.json "
         "replaced by another run's?")
-  for variable, array in zip(variables, arrays):
-    variable.assign(array)
+  assign_weights(model, arrays)
   return version, record, config, model
 
 
@@ -231,11 +238,9 @@ def load_initial_weights(path: str, model_name: str, num_classes: int, seed: int
   else:
     source_sha256(path)  # Explains a path that is neither kind.
     _, _, _, source_model = load_run_version(path)
-    _check_shapes(_ordered_variables(model), [variable.numpy() for variable in
-                                              _ordered_variables(source_model)], path)
-    for variable, source_variable in zip(_ordered_variables(model),
-                                         _ordered_variables(source_model)):
-      variable.assign(source_variable)
+    arrays = [variable.numpy() for variable in _ordered_variables(source_model)]
+    _check_shapes(_ordered_variables(model), arrays, path)
+    assign_weights(model, arrays)
   return tff.learning.models.ModelWeights(
       trainable=[variable.numpy() for variable in model.trainable_variables],
       non_trainable=[variable.numpy() for variable in model.non_trainable_variables])

@@ -81,8 +81,7 @@ class Run:
         keep_total=config.checkpoint.keep_total, keep_first=config.checkpoint.keep_first,
         keep_every_k=config.checkpoint.keep_every_k, fingerprint=fingerprint,
         hyperparameters=fingerprint_lib.flatten_config(config), config=config.to_dict(),
-        client_examples=loop_lib.counted_examples(
-            train_data, config.client.max_examples_per_client or None),
+        client_examples=experiment.client_examples(config, train_data),
         seeds=experiment.seeds(config), verbose=self.verbose,
         **experiment.runtime_settings(config))
 
