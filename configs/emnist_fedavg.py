@@ -94,4 +94,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.runtime.workers = ""  # "" a local worker; else host:port,host:port of `tff-resume worker`s.
   config.runtime.num_subrounds = 0  # Split a round's clients into this many merged groups; 0: don't.
   config.runtime.connect_timeout_seconds = 15.0  # How long a start waits for runtime.workers.
+  # "" connects to runtime.workers without TLS; else a `tff-resume certs` folder (ca.pem and the
+  # runner pair): mutual TLS with workers started with `tff-resume worker --tls_dir`.
+  config.runtime.tls_dir = ""
   return presets.apply(config, preset)

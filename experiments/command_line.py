@@ -24,6 +24,7 @@ from tff_resume.program import participation
 from tff_resume.program import paths as paths_lib
 from tff_resume.program import run as run_lib
 from tff_resume.program import run_lock
+from tff_resume.runtime import certificates
 from tff_resume.runtime import signals
 from tff_resume.runtime import workers
 
@@ -34,7 +35,7 @@ USER_ERRORS = (experiment.ConfigError, emnist.DataNotFoundError, emnist.NotEmnis
                checkpointing.NoGoodVersionError, paths_lib.InvalidExperimentNameError,
                paths_lib.NotOwnFileError, history_lib.HistoryMismatchError,
                loop_lib.RunFolderError, loop_lib.VersionVanishedError,
-               workers.NotSplittableError)
+               workers.NotSplittableError, certificates.CertificateError)
 
 
 def exit_status(program: str, train: Callable[[], object]) -> int:

@@ -102,16 +102,34 @@ class KubernetesTest(absltest.TestCase):
     experiment.validate(config)
     mounts = {mount["name"]: mount["mountPath"] for mount in self.runner["volumeMounts"]}
     volumes = {volume["name"]: volume["persistentVolumeClaim"]["claimName"]
-               for volume in self.job["spec"]["template"]["spec"]["volumes"]}
+               for volume in self.job["spec"]["template"]["spec"]["volumes"]
+               if "persistentVolumeClaim" in volume}
     root = _flag(command, "root_output_dir")
     runs_volume = next(name for name, path in mounts.items() if path == root)
     self.assertEqual(volumes[runs_volume], self.claim["metadata"]["name"])
     # Workers read EMNIST at the path the runner names: the same claim at the same mount path.
     worker_mounts = {mount["mountPath"]: mount["name"] for mount in self.worker["volumeMounts"]}
     worker_volumes = {volume["name"]: volume["persistentVolumeClaim"]["claimName"]
-                      for volume in self.stateful_set["spec"]["template"]["spec"]["volumes"]}
+                      for volume in self.stateful_set["spec"]["template"]["spec"]["volumes"]
+                      if "persistentVolumeClaim" in volume}
     data_volume = next(name for name, path in mounts.items() if path == config.data.cache_dir)
     self.assertEqual(worker_volumes[worker_mounts[config.data.cache_dir]], volumes[data_volume])
+
+  def test_worker_and_runner_read_their_certificates_from_owner_only_secrets(self):
+    def secret_mounted_at(pod_spec, container, path):
+      name = next(mount["name"] for mount in container["volumeMounts"] if mount["mountPath"] == path)
+      volume = next(volume for volume in pod_spec["volumes"] if volume["name"] == name)
+      self.assertEqual(volume["secret"]["defaultMode"], 0o400)
+      return volume["secret"]["secretName"]
+
+    arguments = cli._build_parser().parse_args(self.worker["command"][1:])  # pylint: disable=protected-access
+    self.assertFalse(arguments.insecure)
+    worker_secret = secret_mounted_at(self.stateful_set["spec"]["template"]["spec"], self.worker,
+                                      arguments.tls_dir)
+    config = _runner_config(self.runner["command"][3:])
+    runner_secret = secret_mounted_at(self.job["spec"]["template"]["spec"], self.runner,
+                                      config.runtime.tls_dir)
+    self.assertEqual((worker_secret, runner_secret), ("tff-tls-workers", "tff-tls-runner"))
 
   def test_job_requeues_on_exit_75_and_fails_on_bad_input(self):
     spec = self.job["spec"]
@@ -161,7 +179,8 @@ exec "$@"
       env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="42",
                  SLURM_JOB_NODELIST="node[1-2]", CONFIG="configs/demo.py:smoke",
                  ROOT_OUTPUT_DIR=scratch, EXPERIMENT="slurm", VENV=_VENV,
-                 TFF_WORKER_PORT=str(portpicker.pick_unused_port()), PYTHONPATH=_REPO_ROOT)
+                 TFF_WORKER_PORT=str(portpicker.pick_unused_port()), PYTHONPATH=_REPO_ROOT,
+                 SLURMD_NODENAME="127.0.0.1")  # The worker task's node, as srun sets it.
       command = ["bash", _SLURM_SCRIPT, "--config.model.name=linear",
                  f"--config.training.total_rounds={_SLURM_ROUNDS}"]
       job = subprocess.Popen(command, cwd=_REPO_ROOT, env=env, stdout=subprocess.PIPE,

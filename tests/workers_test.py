@@ -41,8 +41,9 @@ def _end_with_this_test() -> None:
 
 def _start_worker(port: int) -> subprocess.Popen:
   worker = subprocess.Popen(
-      [sys.executable, "-m", "tff_resume.cli", "worker", f"--port={port}", "--host=127.0.0.1"],
-      cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      [sys.executable, "-m", "tff_resume.cli", "worker", f"--port={port}", "--host=127.0.0.1",
+       "--insecure"],
+      cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
       preexec_fn=_end_with_this_test)
   line = worker.stdout.readline()
   if not line.startswith(f"tff-resume worker: serving TFF computations on 127.0.0.1:{port} "):
@@ -237,7 +238,8 @@ class WorkerCommandTest(absltest.TestCase):
   def test_port_in_use_is_one_line_and_status_2(self):
     port = list(_WORKERS)[0]
     result = subprocess.run(
-        [sys.executable, "-m", "tff_resume.cli", "worker", f"--port={port}"], cwd=_REPO_ROOT,
+        [sys.executable, "-m", "tff_resume.cli", "worker", f"--port={port}", "--insecure"],
+        cwd=_REPO_ROOT,
         env=_ENV, capture_output=True, text=True, check=False, timeout=60)
     self.assertEqual(result.returncode, 2)
     self.assertEqual(result.stderr, f"tff-resume worker: error: port {port} is in use on this "

@@ -5,21 +5,25 @@
     tff-resume data import-leaf --src LEAF_DIR --out CACHE_DIR
     tff-resume data index [--cache_dir CACHE_DIR]
     tff-resume data inspect --source {emnist,leaf,synthetic} [--split train|test] ...
-    tff-resume worker --port PORT [--host HOST]
+    tff-resume certs --out DIR --workers HOST[,HOST...] [--days N]
+    tff-resume worker --port PORT (--tls_dir DIR | --insecure) [--host HOST]
 
 Errors a user can cause print one line and exit with status 2.
 """
 
 import argparse
 import contextlib
+import getpass
 import json
 import os
 import signal
 import sys
 import time
 
+from tff_resume.runtime import certificates
 from tff_resume.runtime import local_worker
 from tff_resume.runtime import signals
+from tff_resume.runtime import tls_worker
 from tff_resume.runtime import worker_server
 
 EXIT_USAGE_ERROR = 2
@@ -74,12 +78,27 @@ def _build_parser() -> argparse.ArgumentParser:
   inspect.add_argument("--num_clients", type=int, default=100, help="synthetic: writers")
   inspect.add_argument("--seed", type=int, default=0, help="synthetic: seed")
 
+  certs = commands.add_parser(
+      "certs", help="make a study's CA and certificates for TLS workers (tff-resume worker "
+      "--tls_dir, config runtime.tls_dir); keeps what is already there")
+  certs.add_argument("--out", required=True, help="folder for the files (made 0700)")
+  certs.add_argument("--workers", required=True,
+                     help="worker hosts, comma-separated, as runtime.workers names them")
+  certs.add_argument("--days", type=int, default=365, help="validity of new certificates")
+
   worker = commands.add_parser(
       "worker", help="serve TFF computations for runs on other machines (config runtime.workers)")
   worker.add_argument("--port", type=int, required=True, help="TCP port to serve on")
   worker.add_argument("--host", default=None,
-                      help="the name or address runs reach this machine by (printed in the log "
-                      "line); default the hostname. TFF's worker listens on every interface.")
+                      help="the name or address runs reach this machine by (its certificate's "
+                      "name with --tls_dir, printed in the log line); default the hostname")
+  worker.add_argument("--tls_dir", default=None,
+                      help="serve only through mutual TLS with the certificates `tff-resume certs` "
+                      "wrote there (the CA and worker-HOST.pem/.key); TFF's worker itself runs "
+                      "in a private network namespace")
+  worker.add_argument("--insecure", action="store_true",
+                      help="serve without TLS: TFF's worker on every interface, running any "
+                      "computation from anyone who reaches the port (a private network only)")
   worker.add_argument("--max_concurrent_computation_calls", type=int, default=None,
                       help="limit on client computations run in parallel; default this "
                       "machine's CPU cores; -1 none")
@@ -211,16 +230,50 @@ def _export(args) -> None:
         f"warm-start a run with --config.model.initial_weights={args.out}")
 
 
+def _worker(args) -> int:
+  if bool(args.tls_dir) == args.insecure:
+    print("tff-resume worker: error: give --tls_dir DIR (certificates from `tff-resume certs --out "
+          "DIR --workers HOST,...`) to serve through mutual TLS, or --insecure to serve TFF's "
+          "worker unauthenticated on every interface (not both).", file=sys.stderr)
+    return EXIT_USAGE_ERROR
+  try:
+    if args.tls_dir:
+      return tls_worker.serve(args.port, args.tls_dir, args.host,
+                              args.max_concurrent_computation_calls, args.verbose)
+    worker_server.check_port(args.port)
+    print("tff-resume worker: --insecure: TFF's worker listens on every interface without TLS or "
+          "authentication, and anyone who reaches this port can run any TensorFlow computation as "
+          f"{getpass.getuser()} on this machine. Use it only on a network nobody else reaches.",
+          file=sys.stderr, flush=True)
+    return worker_server.serve(args.port, args.host, args.max_concurrent_computation_calls,
+                               args.verbose)
+  except (ValueError, local_worker.WorkerStartError) as error:  # CertificateError is a ValueError.
+    print(f"tff-resume worker: error: {error}", file=sys.stderr)
+    return EXIT_USAGE_ERROR
+
+
+def _certs(args) -> int:
+  hosts = [host.strip() for host in args.workers.split(",") if host.strip()]
+  try:
+    made = certificates.make_certificates(args.out, hosts, args.days)
+  except ValueError as error:
+    print(f"tff-resume certs: error: {error}", file=sys.stderr)
+    return EXIT_USAGE_ERROR
+  for certificate in made:
+    print(f"{'made' if certificate.new else 'kept'} {certificate.path} ({certificate.subject}), "
+          f"expires {certificate.not_valid_after:%Y-%m-%d %H:%M} UTC")
+  print(f"Workers: tff-resume worker --port PORT --tls_dir {args.out} --host HOST. Runs: "
+        f"--config.runtime.tls_dir={args.out} (ca.pem, runner.pem, runner.key suffice there).")
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   """Runs the command line; returns the exit status."""
   args = _build_parser().parse_args(argv)
   if args.command == "worker":  # Without TensorFlow: a worker node starts in a second.
-    try:
-      return worker_server.serve(args.port, args.host, args.max_concurrent_computation_calls,
-                                 args.verbose)
-    except (ValueError, local_worker.WorkerStartError) as error:
-      print(f"tff-resume worker: error: {error}", file=sys.stderr)
-      return EXIT_USAGE_ERROR
+    return _worker(args)
+  if args.command == "certs":
+    return _certs(args)
   local_worker.quiet_tensorflow_logging(args.verbose)
   from tff_resume.data import emnist  # pylint: disable=g-import-not-at-top
   from tff_resume.data import leaf  # pylint: disable=g-import-not-at-top

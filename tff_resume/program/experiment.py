@@ -127,17 +127,23 @@ def validate(config) -> None:
 
 
 def runtime_settings(config) -> dict[str, Any]:
-  """`ResumableLoop`'s `workers`, `num_subrounds` and `worker_timeout_seconds` from
+  """`ResumableLoop`'s `workers`, `num_subrounds`, `worker_timeout_seconds` and `tls_dir` from
   `config.runtime` (a local worker, not split, where a config has no runtime section); raises
-  ConfigError for a malformed address."""
+  ConfigError for a malformed address, or a TLS folder without workers (its files are checked
+  when the run connects, before anything is written)."""
   runtime = config.get("runtime") or {}
   try:
     addresses = workers.parse_workers(runtime.get("workers", ""))
   except ValueError as error:
     raise ConfigError(f"config.{error}") from None
+  tls_dir = runtime.get("tls_dir", "") or None
+  if tls_dir:
+    _require(bool(addresses), "runtime.tls_dir",
+             "applies to runtime.workers, which is empty (the local worker needs no TLS).")
   return {"workers": addresses, "num_subrounds": runtime.get("num_subrounds", 0),
           "worker_timeout_seconds": runtime.get("connect_timeout_seconds",
-                                                workers.CONNECT_TIMEOUT_SECONDS)}
+                                                workers.CONNECT_TIMEOUT_SECONDS),
+          "tls_dir": tls_dir}
 
 
 def load_data(config):

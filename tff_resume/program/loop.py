@@ -106,7 +106,7 @@ def report_round(result: training.RoundResult, first_round: int, started: float)
 
 @contextlib.contextmanager
 def _own_worker(verbose: bool, addresses: Sequence[str], num_subrounds: int,
-                timeout_seconds: float):
+                timeout_seconds: float, tls_dir: str | None = None):
   """Runs the body with the loop's workers as the default context (a local worker of its own when
   no remote one is named); puts back the context that was there before, and stops the local worker,
   however the body ends."""
@@ -117,7 +117,8 @@ def _own_worker(verbose: bool, addresses: Sequence[str], num_subrounds: int,
         "this process was not isolated before its threads started: a notebook, or your own program",
         advice="Train through the command line (python -m experiments.run_emnist), which isolates "
         "it, or on a firewalled machine")
-  worker = workers_lib.start_execution_context(addresses, num_subrounds, verbose, timeout_seconds)
+  worker = workers_lib.start_execution_context(addresses, num_subrounds, verbose, timeout_seconds,
+                                               tls_dir)
   try:
     yield worker
   finally:
@@ -144,7 +145,7 @@ class ResumableLoop:
                seeds: Mapping[str, int] | None = None, start_worker: bool = True,
                workers: Sequence[str] = (), num_subrounds: int = 0,
                worker_timeout_seconds: float = workers_lib.CONNECT_TIMEOUT_SECONDS,
-               verbose: bool = False):
+               tls_dir: str | None = None, verbose: bool = False):
     """Describes the run; nothing is read or written before `train`.
 
     Args:
@@ -186,6 +187,8 @@ class ResumableLoop:
         partial aggregates are merged in order (0: not split); results depend on it, not on the
         workers, and it is in the default fingerprint.
       worker_timeout_seconds: how long a start waits for each of `workers` to answer.
+      tls_dir: connect to `workers` over mutual TLS with this folder's CA and runner pair
+        (`tff-resume certs`); None connects without TLS.
       verbose: let the worker print.
     """
     self._process, self.client_data = process, client_data
@@ -208,7 +211,7 @@ class ResumableLoop:
     self._seeds = dict(seeds if seeds is not None else {"training": seed})
     self._start_worker, self._verbose = start_worker, verbose
     self._workers, self.num_subrounds = tuple(workers), num_subrounds
-    self._worker_timeout_seconds = worker_timeout_seconds
+    self._worker_timeout_seconds, self._tls_dir = worker_timeout_seconds, tls_dir
 
   @property
   def run_dir(self) -> str:
@@ -329,7 +332,7 @@ class ResumableLoop:
       if self._start_worker:  # Before any write: a worker that is down or a process TFF cannot
         # split into subrounds stops the start with nothing changed.
         worker = stack.enter_context(_own_worker(self._verbose, self._workers, self.num_subrounds,
-                                                 self._worker_timeout_seconds))
+                                                 self._worker_timeout_seconds, self._tls_dir))
         if self.num_subrounds:
           worker.context.form(self.process.next, "the process's round (next)")
         stop.raise_if_requested()

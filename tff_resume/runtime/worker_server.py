@@ -40,6 +40,14 @@ def _accepts_connections(port: int) -> bool:
   return True
 
 
+def check_port(port: int) -> None:
+  """Raises ValueError when `port` is out of range or taken on this machine."""
+  if not 1 <= port <= 65535:
+    raise ValueError(f"--port must be between 1 and 65535, got {port}.")
+  if not _port_is_free(port):
+    raise ValueError(f"port {port} is in use on this machine; choose another --port.")
+
+
 def serve(port: int, host: str | None = None, max_concurrent_computation_calls: int | None = None,
           show_output: bool = False) -> int:
   """Serves until SIGTERM/SIGINT (returns 0) or until the worker dies (returns 1).
@@ -54,10 +62,7 @@ def serve(port: int, host: str | None = None, max_concurrent_computation_calls: 
   Raises:
     ValueError: the port is out of range or taken.
   """
-  if not 1 <= port <= 65535:
-    raise ValueError(f"--port must be between 1 and 65535, got {port}.")
-  if not _port_is_free(port):
-    raise ValueError(f"port {port} is in use on this machine; choose another --port.")
+  check_port(port)
   host = host or socket.gethostname()
   stop = []
   previous = {number: signal.signal(number, lambda number, frame: stop.append(number))

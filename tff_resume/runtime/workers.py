@@ -12,11 +12,14 @@ client); each free worker takes the next group. Computations without clients-pla
 (initialization) and every computation when `num_subrounds` is 0 run whole on the first worker.
 
 A worker that fails while computing (killed, unreachable) raises `WorkerLostError` naming it; the
-round is then not saved. TFF's worker has no authentication, TLS or bind address: keep workers on a
-private network (deploy/kubernetes/networkpolicy.yaml).
+round is then not saved. With `tls_dir` the runner connects over mutual TLS (`tff-resume worker
+--tls_dir`, `tls_worker`); TFF's worker itself has no authentication, TLS or bind address, so an
+`--insecure` worker must stay on a private network (deploy/kubernetes/networkpolicy.yaml).
 """
 
 import asyncio
+import socket
+import ssl
 from typing import Any, Sequence
 
 import grpc
@@ -29,9 +32,11 @@ from tensorflow_federated.python.core.impl.executors import cardinalities_utils
 from tensorflow_federated.python.core.impl.types import type_analysis
 from tensorflow_federated.python.core.impl.types import type_conversions
 
+from tff_resume.runtime import certificates
 from tff_resume.runtime import local_worker
 
 CONNECT_TIMEOUT_SECONDS = 15.0  # runtime.connect_timeout_seconds's default.
+_REFUSAL_SECONDS = 2.0  # How long a TLS probe waits for a worker's verdict on our certificate.
 
 
 class WorkerError(RuntimeError):
@@ -106,9 +111,54 @@ class _FailFastStub:
     return call
 
 
-def _stub(address: str) -> _FailFastStub:
-  channel = grpc.insecure_channel(address, local_worker.GRPC_CHANNEL_OPTIONS)
+def _stub(address: str, credentials: grpc.ChannelCredentials | None = None) -> _FailFastStub:
+  if credentials is None:
+    channel = grpc.insecure_channel(address, local_worker.GRPC_CHANNEL_OPTIONS)
+  else:
+    channel = grpc.secure_channel(address, credentials, local_worker.GRPC_CHANNEL_OPTIONS)
   return _FailFastStub(tff.framework.RemoteExecutorGrpcStub(channel))
+
+
+def _channel_credentials(tls_dir: str) -> grpc.ChannelCredentials:
+  """The runner's side of mutual TLS: its certificate, and the study's CA for the workers'."""
+  try:
+    certificate_path, key_path = certificates.check_pair(tls_dir, certificates.RUNNER)
+  except certificates.CertificateError as error:
+    raise certificates.CertificateError(f"runtime.tls_dir: {error} Nothing was written.") from None
+  return grpc.ssl_channel_credentials(
+      root_certificates=certificates.read(certificates.ca_path(tls_dir)),
+      private_key=certificates.read(key_path), certificate_chain=certificates.read(certificate_path))
+
+
+def _tls_refusal(address: str, tls_dir: str, timeout_seconds: float) -> str | None:
+  """Why mutual TLS with the worker at `address` fails (its certificate, or it refusing ours), or
+  None when the worker accepts us or does not answer at all (the caller then waits for it)."""
+  host, _, port = address.rpartition(":")
+  host = host.strip("[]")
+  certificate_path, key_path = certificates.check_pair(tls_dir, certificates.RUNNER)
+  context = ssl.create_default_context(cafile=certificates.ca_path(tls_dir))
+  context.load_cert_chain(certificate_path, key_path)
+  context.set_alpn_protocols(["h2"])
+  try:
+    with socket.create_connection((host, int(port)), timeout=timeout_seconds) as connection:
+      try:
+        tls = context.wrap_socket(connection, server_hostname=host)
+      except ssl.SSLCertVerificationError as error:
+        return f"its certificate: {error.verify_message}"
+      with tls:
+        tls.settimeout(_REFUSAL_SECONDS)  # TLS 1.3: the worker judges our certificate after.
+        try:
+          if not tls.recv(1):  # A worker that accepts sends its HTTP/2 settings at once.
+            return "it refused our certificate"
+        except (socket.timeout, TimeoutError):
+          pass
+        except ssl.SSLError as error:
+          return f"it refused our certificate: {error.reason or error}"
+  except ssl.SSLError as error:
+    return str(error.reason or error)
+  except OSError:
+    return None
+  return None
 
 
 def _async_context(stub) -> tff.framework.AsyncExecutionContext:
@@ -220,14 +270,23 @@ class SubroundContext(tff.framework.SyncContext):
     return results
 
 
-def connect(addresses: Sequence[str], timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
-            ) -> list[Any]:
-  """Returns a ready stub per worker.
+def connect(addresses: Sequence[str], timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
+            tls_dir: str | None = None) -> list[Any]:
+  """Returns a ready stub per worker; over mutual TLS with `tls_dir`'s runner pair when given.
 
   Raises:
-    WorkerUnreachableError: a worker did not answer within `timeout_seconds` (the first one found).
+    WorkerUnreachableError: a worker did not answer within `timeout_seconds` (the first found).
+    certificates.CertificateError: `tls_dir` cannot be used, or mutual TLS with a worker failed.
   """
-  stubs = [_stub(address) for address in addresses]
+  credentials = _channel_credentials(tls_dir) if tls_dir else None
+  for address in addresses if tls_dir else ():  # Before gRPC tries: its own errors say less.
+    refusal = _tls_refusal(address, tls_dir, timeout_seconds)
+    if refusal:
+      raise certificates.CertificateError(
+          f"TFF worker {address} (runtime.workers): mutual TLS failed ({refusal}). The worker "
+          f"(--tls_dir) and runtime.tls_dir={tls_dir} must hold certificates of one `tff-resume "
+          "certs` folder, the worker's made for the name runs use. Nothing was written.")
+  stubs = [_stub(address, credentials) for address in addresses]
   for address, stub in zip(addresses, stubs):
     if not local_worker.wait_for_stub(stub, timeout_seconds):
       raise WorkerUnreachableError(
@@ -249,10 +308,12 @@ class RemoteWorkers:
 
 def start_execution_context(addresses: Sequence[str] = (), num_subrounds: int = 0,
                             show_worker_output: bool = False,
-                            timeout_seconds: float = CONNECT_TIMEOUT_SECONDS):
+                            timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
+                            tls_dir: str | None = None):
   """Installs TFF's default context on the workers at `addresses`, or on a local worker of this
   program's own when there are none (`local_worker`'s guarantees), splitting rounds into
-  `num_subrounds` (0: not split); waits up to `timeout_seconds` for each remote worker.
+  `num_subrounds` (0: not split); waits up to `timeout_seconds` for each remote worker, connecting
+  over mutual TLS with `tls_dir`'s certificates when given.
 
   Returns:
     An object with `context` and `stop()` (which ends the local worker, if one was started).
@@ -265,7 +326,7 @@ def start_execution_context(addresses: Sequence[str] = (), num_subrounds: int = 
     return local_worker.start_local_execution_context(show_worker_output=show_worker_output)
   if addresses:
     handle = RemoteWorkers(SubroundContext(addresses, num_subrounds,
-                                           connect(addresses, timeout_seconds)))
+                                           connect(addresses, timeout_seconds, tls_dir)))
   else:
     handle = local_worker.LocalWorker(show_output=show_worker_output)
     stub = _stub(f"localhost:{handle.port}")
