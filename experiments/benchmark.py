@@ -83,7 +83,8 @@ TARGETS = {
     "checkpoint_share_of_round": 0.02,
     "resume_extra_seconds": 1.0,
 }
-ALL_TARGETS = {**TARGETS, **benchmark_scale.TARGETS, **benchmark_emnist_scale.TARGETS}
+ALL_TARGETS = {**TARGETS, **benchmark_scale.TARGETS, **benchmark_workers.TARGETS,
+               **benchmark_emnist_scale.TARGETS}
 
 
 def _log(message: str) -> None:
@@ -575,6 +576,7 @@ def main(argv):
       _log("section 10: local worker, subrounds and loopback workers")
       sections["workers"] = benchmark_workers.bench_workers(Workload(workload_config(quick)),
                                                             repetitions)
+      values.update({name: sections["workers"][name] for name in benchmark_workers.TARGETS})
     if "emnist_scale" in _SECTIONS.value:
       _log("section 11: TFF's EMNIST file format at EMNIST's scale")
       sections["emnist_scale"] = benchmark_emnist_scale.run_section(

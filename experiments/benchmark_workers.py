@@ -1,29 +1,61 @@
 """Benchmark section 10: the cost of the remote path and of subrounds (`--sections=workers`).
 
 Alternates, on the demo workload's round: the local worker as the runner uses it by default; the
-local worker with `runtime.num_subrounds` 1, 2 and 5; and 1 and 2 TFF workers on loopback ports
-reached as remote workers (2 subrounds). Each contender has a worker process of its own, so each
+local worker with `runtime.num_subrounds` 1, 2 and 5; 1 and 2 TFF workers on loopback ports
+reached as remote workers (2 subrounds); and 2 `tff-resume worker --tls_dir` workers (TFF's worker in
+a namespace of its own behind the TLS relay) reached over mutual TLS (2 subrounds), against the same
+2 workers without TLS, with the bytes the relays read per round (both directions: from the runner
+and from TFF's worker) and their throughput. Each contender has a worker process of its own, so each
 one's peak memory (VmHWM) is its own. On 2 cores no speed-up is expected: the figures show what the
 remote path and the merges cost, and give the per-client time and transfer sizes the README's estimate
 for N machines is computed from.
 """
 
+import ctypes
 import hashlib
+import os
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
+import portpicker
 import tensorflow_federated as tff
 
 from experiments import measure
+from tff_resume.runtime import certificates
 from tff_resume.runtime import local_worker
 from tff_resume.runtime import workers
 
 _SUBROUNDS_COMPARED = 2  # The subrounds of the loopback contenders and of their local twin.
+TARGETS = {"tls_vs_plain_workers": 1.05}
 
 
 def _weights_sha256(workload, state) -> str:
   weights = workload.process.get_model_weights(state).trainable
   return hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in weights)).hexdigest()
+
+
+def _die_with_benchmark() -> None:
+  ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _start_tls_worker(tls_dir: str) -> tuple[subprocess.Popen, int]:
+  """A `tff-resume worker --tls_dir` on a free loopback port; (its process, the port)."""
+  port = portpicker.pick_unused_port()
+  worker = subprocess.Popen(
+      [sys.executable, "-m", "tff_resume.cli", "worker", f"--port={port}", "--host=localhost",
+       f"--tls_dir={tls_dir}"], cwd=measure.REPO_ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL, text=True, preexec_fn=_die_with_benchmark,
+      env=dict(os.environ, PYTHONPATH=measure.REPO_ROOT))
+  line = worker.stdout.readline()
+  if "over mutual TLS" not in line:
+    worker.kill()
+    raise RuntimeError(f"the TLS worker did not start: {line}")
+  return worker, port
 
 
 def bench_workers(workload, repetitions: int) -> dict:
@@ -43,6 +75,12 @@ def bench_workers(workload, repetitions: int) -> dict:
     addresses = [f"localhost:{worker.port}" for worker in loopback[:count]]
     handles[f"loopback_workers_{count}"] = workers.start_execution_context(
         addresses, _SUBROUNDS_COMPARED)
+  tls_dir = os.path.join(tempfile.mkdtemp(prefix="tff_resume_tls"), "tls")
+  certificates.make_certificates(tls_dir, ["localhost"])
+  relays = [_start_tls_worker(tls_dir) for _ in range(2)]
+  handles["tls_workers_2"] = workers.start_execution_context(
+      [f"localhost:{port}" for _, port in relays], _SUBROUNDS_COMPARED, tls_dir=tls_dir)
+  relayed = []
   try:
     hashes = {}
 
@@ -67,8 +105,16 @@ def bench_workers(workload, repetitions: int) -> dict:
     tff.framework.set_default_context(previous)
     for worker in owned:
       worker.stop()
+    for relay, _ in relays:  # Each says, as it stops, the bytes it relayed each way.
+      relay.terminate()
+      words = relay.communicate(timeout=30)[0].split()
+      relayed.append([int(words[words.index("relayed") + 1]), int(words[-2])])
+    shutil.rmtree(os.path.dirname(tls_dir))
   summary = measure.summarize(seconds)
-  split = [f"local_subrounds_{_SUBROUNDS_COMPARED}", "loopback_workers_1", "loopback_workers_2"]
+  split = [f"local_subrounds_{_SUBROUNDS_COMPARED}", "loopback_workers_1", "loopback_workers_2",
+           "tls_workers_2"]
+  tls_rounds = 1 + repetitions  # The warm-up, then one a repetition.
+  to_workers, back = (sum(counts[way] for counts in relayed) / tls_rounds for way in (0, 1))
   clients = len(datasets)
   communication = workload.communication
   return {
@@ -82,6 +128,10 @@ def bench_workers(workload, repetitions: int) -> dict:
       "seconds_per_client_local": summary["local"]["median_s"] / clients,
       "broadcast_bits_per_client": communication.broadcasted_bits_per_client,
       "aggregated_bits_per_client": communication.aggregated_bits_per_client,
+      "tls_vs_plain_workers": statistics.median(
+          measure.paired_ratios(seconds, "tls_workers_2", "loopback_workers_2")),
+      "relay_bytes_per_round": {"to_workers": to_workers, "back": back},
+      "relay_mib_per_second": (to_workers + back) / 2**20 / summary["tls_workers_2"]["median_s"],
   }
 
 
@@ -99,6 +149,12 @@ def render_markdown(report: dict) -> list[str]:
             f"{report['seconds_per_client_local']:.3f} s per client on the local worker; "
             f"{report['broadcast_bits_per_client']} bits broadcast and "
             f"{report['aggregated_bits_per_client']} bits aggregated per client.",
-            f"- Equal weights for {_SUBROUNDS_COMPARED} subrounds on the local worker and on 1 and "
-            f"2 loopback workers: {report['identical_weights_for_equal_subrounds']}."]
+            f"- Equal weights for {_SUBROUNDS_COMPARED} subrounds on the local worker, on 1 and "
+            f"2 loopback workers and on 2 TLS workers: "
+            f"{report['identical_weights_for_equal_subrounds']}.",
+            f"- 2 workers over mutual TLS against the same without TLS: "
+            f"{report['tls_vs_plain_workers']:.3f}x; the two relays carried "
+            f"{report['relay_bytes_per_round']['to_workers'] / 2**20:.1f} MiB a round to TFF's "
+            f"workers and {report['relay_bytes_per_round']['back'] / 2**20:.1f} MiB back, "
+            f"{report['relay_mib_per_second']:.0f} MiB/s over the round."]
   return lines

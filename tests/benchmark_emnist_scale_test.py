@@ -73,7 +73,8 @@ class EmnistScaleDataTest(absltest.TestCase):
     for copy in ("~00", "~01"):
       self.assertEqual(_rows(paths["unindexed"], query, writer + copy, "all_train"), original)
       self.assertEqual(_rows(paths["unindexed"], "SELECT num_examples FROM client_metadata WHERE "
-                             "client_id = ?", writer + copy), [(len(original),)])
+                             "client_id = ? AND split_name = 'all_train'", writer + copy),
+                       [(len(original),)])
     everything = "SELECT * FROM {} ORDER BY rowid"
     for table in ("examples", "client_metadata"):
       self.assertEqual(_rows(paths["indexed"], everything.format(table)),

@@ -197,7 +197,7 @@ exec "$@"
       self.assertEqual(job.returncode, signals.EXIT_CODE_INTERRUPTED, stderr)
       with open(requeues) as requeued:
         self.assertEqual(requeued.read(), "requeue 42\n")
-      self.assertIn("tff-resume worker: stopped by SIGTERM.", stdout)
+      self.assertIn("tff-resume worker: stopped by SIGTERM; relayed ", stdout)
       run_dir = os.path.join(scratch, "slurm")
       stopped_at = status_lib.run_status(run_dir)["rounds_done"]
       self.assertLess(stopped_at, _SLURM_ROUNDS)

@@ -293,7 +293,8 @@ class WorkerProcessTest(absltest.TestCase):
     self.assertLen(ours, 3)  # tff-resume worker, its helper and worker_binary.
     _stop_worker(port)
     self.assertEqual(worker.returncode, 0)
-    self.assertEqual(worker.stdout.read(), "tff-resume worker: stopped by SIGTERM.\n")
+    self.assertEqual(worker.stdout.read(), "tff-resume worker: stopped by SIGTERM; relayed 0 "
+                     "bytes to TFF's worker and 0 back.\n")
     self.assertEqual(chaos.processes_with(_MARKER.encode()) & ours, set())
     _start_worker(port)
     ours = chaos.processes_with(_MARKER.encode()) - marked_before

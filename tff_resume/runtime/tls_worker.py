@@ -110,9 +110,11 @@ class _Helper:
       self.process.wait()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, relayed: list,
+                direction: int) -> None:
   try:
     while data := await reader.read(_RELAY_CHUNK_BYTES):
+      relayed[direction] += len(data)
       writer.write(data)
       await writer.drain()
   except (ConnectionError, ssl.SSLError):
@@ -137,7 +139,7 @@ def _listener(port: int) -> socket.socket:
 
 
 async def _serve(listener: socket.socket, context: ssl.SSLContext, helper: _Helper, announce,
-                 stop: list) -> int:
+                 stop: list, relayed: list) -> int:
   loop = asyncio.get_running_loop()
   stopped = asyncio.Event()
   for number in (signal.SIGTERM, signal.SIGINT):
@@ -171,7 +173,8 @@ async def _serve(listener: socket.socket, context: ssl.SSLContext, helper: _Help
       return
     inner_reader, inner_writer = await asyncio.open_connection(sock=inner,
                                                                limit=_RELAY_CHUNK_BYTES)
-    await asyncio.gather(_pipe(reader, inner_writer), _pipe(inner_reader, writer))
+    await asyncio.gather(_pipe(reader, inner_writer, relayed, 0),
+                         _pipe(inner_reader, writer, relayed, 1))
 
   async def accept() -> None:
     relays = set()
@@ -232,9 +235,12 @@ def serve(port: int, tls_dir: str, host: str | None = None,
             f"--config.runtime.tls_dir=DIR (the CA and runner pair of {tls_dir}). SIGTERM or "
             "Ctrl-C stops it.", flush=True)
 
-    status = 0 if stop else asyncio.run(_serve(_listener(port), context, helper, announce, stop))
+    relayed = [0, 0]  # Bytes from runs to TFF's worker, and back.
+    status = 0 if stop else asyncio.run(
+        _serve(_listener(port), context, helper, announce, stop, relayed))
     if stop:
-      print(f"tff-resume worker: stopped by {signal.Signals(stop[0]).name}.", flush=True)
+      print(f"tff-resume worker: stopped by {signal.Signals(stop[0]).name}; relayed "
+            f"{relayed[0]} bytes to TFF's worker and {relayed[1]} back.", flush=True)
     else:
       print(f"tff-resume worker: error: TFF's worker on port {port} exited.", file=sys.stderr)
     return status
