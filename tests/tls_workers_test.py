@@ -10,7 +10,6 @@ killed mid-run stops it with status 75 and the same command resumes it identical
 certificates, an expired runner certificate and a missing folder are one line and status 2 with
 nothing written. Every process and namespace ends with the test."""
 
-import contextlib
 import ctypes
 import datetime
 import json
@@ -138,7 +137,7 @@ def _cleanup():
   shutil.rmtree(_STATE.get("root", ""), ignore_errors=True)
 
 
-def _runner(name: str, *overrides: str, role: str | None = "runner", **kwargs):
+def _runner(name: str, *overrides: str, role: str | None = "runner"):
   command = [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py:smoke",
              f"--root_output_dir={_STATE['root']}/runs", f"--experiment_name={name}", *_OVERRIDES,
              *overrides]
