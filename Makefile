@@ -5,7 +5,7 @@ VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEMO_OUTPUT ?= runs
 
-.PHONY: install demo test lock clean
+.PHONY: install demo test test-slurm lock clean
 
 install: $(INSTALLED)
 
@@ -23,7 +23,13 @@ demo: $(INSTALLED)
 	$(VENV_PYTHON) -m experiments.run_emnist --config=configs/demo.py --root_output_dir=$(DEMO_OUTPUT) --experiment_name=demo
 
 test: $(INSTALLED)
-	$(VENV_PYTHON) -m pytest -n auto --maxprocesses=4 --dist loadfile tests
+	$(VENV_PYTHON) -m pytest -n auto --maxprocesses=4 --dist loadfile tests \
+	  --ignore=tests/slurm_recipe_test.py
+
+# The SLURM recipe on a private SLURM cluster of three nodes on this host (root; installs slurm-wlm
+# and munge with apt when missing): about 7 minutes.
+test-slurm: $(INSTALLED)
+	$(VENV_PYTHON) -m pytest tests/slurm_recipe_test.py
 
 # Re-solves requirements.txt in a scratch environment and rewrites requirements.lock.
 lock:
