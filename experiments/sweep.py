@@ -10,7 +10,9 @@ Writes ROOT/study.json (every run's name and overrides), runs each as
 with its own TFF worker), printing each run's round lines prefixed with its name and one line per
 finished run, skips runs already complete, and ends with ROOT/study_summary/ (`study.md`: the runs
 grouped over `training.seed`, mean and spread, then one row per run; and the comparison plots).
-`--config.FIELD=VALUE` applies to every run. SIGINT/SIGTERM stop every run at its next safe point
+`--config.FIELD=VALUE` applies to every run. `--run=K` trains only the K-th run (0-based, in
+study.json's order) and writes no summary: a task of a SLURM job array
+(`deploy/slurm/study_array.sbatch`), with `--summarize_only` once every task is done. SIGINT/SIGTERM stop every run at its next safe point
 (exit status 75; run the command again to resume). Exit status: 0 done, 2 bad input (or a run refused
 its config, e.g. a run folder holding another config), 74 a run's write failed, 75 stopped.
 """
@@ -51,6 +53,9 @@ _ROOT_OUTPUT_DIR = flags.DEFINE_string("root_output_dir", None,
 _GRID = flags.DEFINE_multi_string("grid", [], "FIELD=VALUE1,VALUE2,...: a swept config field; the "
                                   "runs are the product of every --grid.")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Runs trained at once, each a process with its own worker.")
+_RUN = flags.DEFINE_integer(
+    "run", None, "Only the run of this index (0-based, in study.json's order) and no summary: one "
+    "task of a SLURM job array (--run=$SLURM_ARRAY_TASK_ID); --summarize_only after the array.")
 _SUMMARIZE_ONLY = flags.DEFINE_bool("summarize_only", False,
                                     "Only write the summary of the runs already done.")
 
@@ -179,6 +184,12 @@ def main(argv):
   print(f"Study {root}: {len(runs)} runs ({', '.join(run.name for run in runs)}); plan in "
         f"{study.write_plan(root, config_spec, base_overrides, grid, runs)}.", flush=True)
   total_rounds = _CONFIG.value.training.total_rounds
+  if _RUN.value is not None:
+    if not 0 <= _RUN.value < len(runs):
+      print(f"sweep: error: --run={_RUN.value}, but the study has {len(runs)} runs: give 0 to "
+            f"{len(runs) - 1} (sbatch --array=0-{len(runs) - 1}).", file=sys.stderr)
+      return 2
+    runs = [runs[_RUN.value]]
   pending = []
   for run in runs:
     if _complete(os.path.join(root, run.name), run.overrides.get("training.total_rounds",
@@ -198,6 +209,10 @@ def main(argv):
   if failed:
     print(f"sweep: {len(failed)} runs failed: {', '.join(failed)}.", file=sys.stderr)
     return max(failed.values())
+  if _RUN.value is not None:
+    print(f"Study {root}: run {_RUN.value} ({runs[0].name}) done; once every run is, "
+          f"--summarize_only writes the summary.", flush=True)
+    return 0
   return _summarize(root)
 
 

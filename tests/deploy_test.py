@@ -147,8 +147,13 @@ class SlurmTest(absltest.TestCase):
     options = re.findall(r"^#SBATCH (\S+)", self.text, re.MULTILINE)
     self.assertIn("--requeue", options)
     self.assertIn("--signal=B:TERM@120", options)
-    self.assertIn(f"EXIT_REQUEUE={signals.EXIT_CODE_INTERRUPTED}\n", self.text)
-    self.assertIn('scontrol requeue "$SLURM_JOB_ID"', self.text)
+    with open(os.path.join(os.path.dirname(_SLURM_SCRIPT), "requeue.sh")) as shared:
+      requeue = shared.read()
+    subprocess.run(["bash", "-n", os.path.join(os.path.dirname(_SLURM_SCRIPT), "requeue.sh")],
+                   check=True)
+    self.assertIn(f"EXIT_REQUEUE={signals.EXIT_CODE_INTERRUPTED}\n", requeue)
+    self.assertIn('scontrol requeue "$SLURM_JOB_ID"', requeue)
+    self.assertIn('source "${SLURM_SUBMIT_DIR:-.}/deploy/slurm/requeue.sh"', self.text)
 
 
 if __name__ == "__main__":

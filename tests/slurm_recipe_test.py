@@ -9,6 +9,7 @@ Not part of `make test` (it needs root, and a minute of apt where SLURM is missi
 which `.ci/run` calls. About 5 minutes here.
 """
 
+import json
 import os
 import re
 import socket
@@ -31,20 +32,21 @@ _SHORT_ROUNDS = 60  # Linear model, about 0.1 s a round on the TLS workers.
 # must last longer: start-up (about 12 s) and 500 rounds take about 60 s.
 _LONG_ROUNDS = 500
 _FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
-_REFERENCES: dict[int, dict] = {}
+_REFERENCES: dict[tuple[str, ...], dict] = {}
 
 
-def _reference(scratch: str, rounds: int) -> dict:
-  """The outcome of an uninterrupted run on the local worker, num_subrounds=2 (made once per length)."""
-  if rounds not in _REFERENCES:
+def _reference(scratch: str, rounds: int, *overrides: str) -> dict:
+  """The outcome of an uninterrupted run on the local worker (made once per config)."""
+  key = (str(rounds), *overrides)
+  if key not in _REFERENCES:
+    name = f"reference-{len(_REFERENCES)}"
     subprocess.run(
         [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py:smoke",
-         f"--root_output_dir={scratch}", f"--experiment_name=reference-{rounds}",
-         "--config.model.name=linear", f"--config.training.total_rounds={rounds}",
-         "--config.runtime.num_subrounds=2"],
+         f"--root_output_dir={scratch}", f"--experiment_name={name}",
+         "--config.model.name=linear", f"--config.training.total_rounds={rounds}", *overrides],
         cwd=_REPO_ROOT, check=True, capture_output=True, timeout=600)
-    _REFERENCES[rounds] = chaos.run_outcome(os.path.join(scratch, f"reference-{rounds}"))
-  return _REFERENCES[rounds]
+    _REFERENCES[key] = chaos.run_outcome(os.path.join(scratch, name))
+  return _REFERENCES[key]
 
 
 def _free_port_pair() -> int:
@@ -127,7 +129,7 @@ class StudySbatchOnSlurmTest(absltest.TestCase):
   def assert_same_as_uninterrupted(self, rounds: int) -> None:
     run_dir = os.path.join(self.scratch, "run")
     outcome = chaos.run_outcome(run_dir)
-    expected = _reference(self.scratch, rounds)
+    expected = _reference(self.scratch, rounds, "--config.runtime.num_subrounds=2")
     self.assertLen(outcome["sampled_clients"], rounds)
     for key in expected:
       self.assertEqual(outcome[key], expected[key], key)
@@ -221,6 +223,45 @@ class StudySbatchOnSlurmTest(absltest.TestCase):
     self.assertEqual(self.cluster.job(self.job_id)["JobState"], "FAILED")
     self.assertFalse(os.path.exists(os.path.join(self.scratch, ".run.requeues-without-progress")))
     self.assert_starts(2)
+    self.assert_nothing_left()
+
+
+  def test_a_study_as_a_job_array_requeues_a_task_and_summarizes(self):
+    env = dict(CONFIG="configs/demo.py:smoke", ROOT_OUTPUT_DIR=f"{self.scratch}/study", VENV=_VENV,
+               PYTHONPATH=_REPO_ROOT)
+    array = self.cluster.sbatch(
+        ["--array=0-1", "--cpus-per-task=1", f"--output={self.scratch}/slurm-%A_%a.out",
+         "deploy/slurm/study_array.sbatch", "--grid=training.seed=0,1",
+         "--config.model.name=linear", f"--config.training.total_rounds={_SHORT_ROUNDS}"],
+        env=env, cwd=_REPO_ROOT)
+    self.job_id = f"{array}_0"
+    self.wait_for_output(r"^\[\S+\] round +10/|^round +10/")
+    self.cluster.run(["scontrol", "requeue", self.job_id])
+    tasks = {}
+    for task in (0, 1):
+      self.job_id = f"{array}_{task}"
+      tasks[task] = self.wait_until_final()
+    self.assertEqual({task: (fields["JobState"], fields["Restarts"])
+                      for task, fields in tasks.items()},
+                     {0: ("COMPLETED", "1"), 1: ("COMPLETED", "0")})
+    self.job_id = f"{array}_0"
+    starts = re.findall(r"^study_array\.sbatch task 0 \(job \d+, start (\d+)\): run 0 of the study",
+                        self.output(), re.MULTILINE)
+    self.assertEqual(starts, ["1", "2"], self.output()[-3000:])
+    with open(os.path.join(self.scratch, "study", "study.json")) as plan:
+      names = [run["name"] for run in json.load(plan)["runs"]]
+    for seed, name in enumerate(names):
+      outcome = chaos.run_outcome(os.path.join(self.scratch, "study", name))
+      expected = _reference(self.scratch, _SHORT_ROUNDS, f"--config.training.seed={seed}")
+      for key in expected:
+        self.assertEqual(outcome[key], expected[key], f"{name}: {key}")
+    summary = self.cluster.sbatch(
+        [f"--dependency=afterok:{array}", f"--output={self.scratch}/summary.out", "--wrap",
+         f"{_VENV}/bin/python -m experiments.sweep --config=configs/demo.py:smoke "
+         f"--root_output_dir={self.scratch}/study --summarize_only"], env=env, cwd=_REPO_ROOT)
+    self.job_id = summary
+    self.assertEqual(self.wait_until_final()["JobState"], "COMPLETED")
+    self.assertTrue(os.path.exists(os.path.join(self.scratch, "study", "study_summary", "study.md")))
     self.assert_nothing_left()
 
 
