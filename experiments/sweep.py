@@ -180,15 +180,15 @@ def main(argv):
     print(f"sweep: error: {error}", file=sys.stderr)
     return 2
   runs = study.expand(_CONFIG.value, grid)
+  if _RUN.value is not None and not 0 <= _RUN.value < len(runs):
+    print(f"sweep: error: --run={_RUN.value}, but the study has {len(runs)} runs: give 0 to "
+          f"{len(runs) - 1} (sbatch --array=0-{len(runs) - 1}).", file=sys.stderr)
+    return 2
   os.makedirs(root, exist_ok=True)
   print(f"Study {root}: {len(runs)} runs ({', '.join(run.name for run in runs)}); plan in "
         f"{study.write_plan(root, config_spec, base_overrides, grid, runs)}.", flush=True)
   total_rounds = _CONFIG.value.training.total_rounds
   if _RUN.value is not None:
-    if not 0 <= _RUN.value < len(runs):
-      print(f"sweep: error: --run={_RUN.value}, but the study has {len(runs)} runs: give 0 to "
-            f"{len(runs) - 1} (sbatch --array=0-{len(runs) - 1}).", file=sys.stderr)
-      return 2
     runs = [runs[_RUN.value]]
   pending = []
   for run in runs:

@@ -135,6 +135,16 @@ class SweepTest(absltest.TestCase):
                      "field 'aggregator.bits'.\n")
     self.assertFalse(os.path.exists(root))
 
+  def test_run_index_beyond_the_study_is_one_line_and_writes_nothing(self):
+    root = os.path.join(self.create_tempdir().full_path, "study")
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", f"--root_output_dir={root}", "--run=4",
+         *_GRID, *_COMMON], cwd=_REPO_ROOT, env=_ENV, capture_output=True, text=True,
+        timeout=300, check=False)
+    self.assertEqual((result.returncode, result.stderr), (
+        2, "sweep: error: --run=4, but the study has 4 runs: give 0 to 3 (sbatch --array=0-3).\n"))
+    self.assertFalse(os.path.exists(root))
+
 
 class ExpandTest(absltest.TestCase):
 
