@@ -130,15 +130,19 @@ def _channel_credentials(tls_dir: str) -> grpc.ChannelCredentials:
       private_key=certificates.read(key_path), certificate_chain=certificates.read(certificate_path))
 
 
-def _tls_refusal(address: str, tls_dir: str, timeout_seconds: float) -> str | None:
+def _probe_context(tls_dir: str) -> ssl.SSLContext:
+  """The runner's pair and the study's CA as Python's TLS client (checked by the caller)."""
+  context = ssl.create_default_context(cafile=certificates.ca_path(tls_dir))
+  context.load_cert_chain(*certificates.check_pair(tls_dir, certificates.RUNNER))
+  context.set_alpn_protocols(["h2"])
+  return context
+
+
+def _tls_refusal(address: str, context: ssl.SSLContext, timeout_seconds: float) -> str | None:
   """Why mutual TLS with the worker at `address` fails (its certificate, or it refusing ours), or
   None when the worker accepts us or does not answer at all (the caller then waits for it)."""
   host, _, port = address.rpartition(":")
   host = host.strip("[]")
-  certificate_path, key_path = certificates.check_pair(tls_dir, certificates.RUNNER)
-  context = ssl.create_default_context(cafile=certificates.ca_path(tls_dir))
-  context.load_cert_chain(certificate_path, key_path)
-  context.set_alpn_protocols(["h2"])
   try:
     with socket.create_connection((host, int(port)), timeout=timeout_seconds) as connection:
       try:
@@ -279,8 +283,9 @@ def connect(addresses: Sequence[str], timeout_seconds: float = CONNECT_TIMEOUT_S
     certificates.CertificateError: `tls_dir` cannot be used, or mutual TLS with a worker failed.
   """
   credentials = _channel_credentials(tls_dir) if tls_dir else None
+  probe = _probe_context(tls_dir) if tls_dir else None
   for address in addresses if tls_dir else ():  # Before gRPC tries: its own errors say less.
-    refusal = _tls_refusal(address, tls_dir, timeout_seconds)
+    refusal = _tls_refusal(address, probe, timeout_seconds)
     if refusal:
       raise certificates.CertificateError(
           f"TFF worker {address} (runtime.workers): mutual TLS failed ({refusal}). The worker "
