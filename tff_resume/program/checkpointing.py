@@ -14,6 +14,11 @@ folders left by a killed process are removed by `remove_temporaries()`, called a
 one, and raises `NoGoodVersionError` without touching anything when none is good. A run resuming
 past corrupt versions sets them aside (`corrupt_version_<N>-<time>/`) so it can write them again.
 
+Leaves may be numpy arrays and scalars, Python numbers, strings and bytes, None, and
+`serializable.Serializable` objects (a `FederatedDataSourceIterator`, as `tff.learning.programs.
+train_model` saves one with its state): stored as their `to_bytes()` and restored with the
+`from_bytes` of the structure's leaf at that place.
+
 Retention follows `tff.program.FileProgramStateManager`: `keep_total` (0 keeps all), `keep_first`,
 `keep_every_k`; the newest version is never removed.
 """
@@ -31,6 +36,9 @@ from typing import Any
 from absl import logging
 import numpy as np
 import tensorflow_federated as tff
+# TFF's interface for `to_bytes`/`from_bytes` objects (a `FederatedDataSourceIterator` is one); 0.87
+# exports it under no public name.
+from tensorflow_federated.python.common_libs import serializable
 import tree
 
 from tff_resume.runtime import fault_hooks
@@ -98,24 +106,42 @@ def _fsync_directory(path: str) -> None:
 
 
 def _leaf_kind(leaf: Any) -> str:
-  """How a leaf is restored: as a Python value, a numpy scalar, or an array."""
+  """How a leaf is restored: as a Python value, a numpy scalar, None, a `serializable.Serializable`
+  or an array."""
   if isinstance(leaf, np.generic):
     return "numpy_scalar"
+  if leaf is None:
+    return "none"
+  if isinstance(leaf, serializable.Serializable):
+    return "serializable"
   return _PYTHON_KINDS.get(type(leaf), "array")
 
 
 def _leaf_to_array(leaf: Any) -> np.ndarray:
   # Bytes as uint8: numpy's bytes dtype would drop trailing zero bytes.
+  if isinstance(leaf, serializable.Serializable):
+    leaf = leaf.to_bytes()
+  if leaf is None:
+    return np.zeros((0,), np.uint8)
   return np.frombuffer(leaf, np.uint8) if isinstance(leaf, bytes) else np.asarray(leaf)
 
 
-def _array_to_leaf(kind: str, array: np.ndarray) -> Any:
+def _array_to_leaf(kind: str, array: np.ndarray, like: Any = None) -> Any:
+  """The leaf `array` holds; `like` is the structure's leaf at its place (a Serializable's class)."""
   if kind == "array":
     return array
   if kind == "numpy_scalar":
     return array[()]
   if kind == "bytes":
     return array.tobytes()
+  if kind == "none":
+    return None
+  if kind == "serializable":
+    if like is None:  # No structure given: the bytes as saved.
+      return array.tobytes()
+    if not isinstance(like, serializable.Serializable):
+      raise TypeError(f"a saved Serializable where the structure holds {type(like).__name__}")
+    return type(like).from_bytes(array.tobytes())
   return array.item()
 
 
@@ -245,8 +271,9 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
           "nothing was changed. Move the folder away to start a fresh run.")
     return None
 
-  def load_leaves(self, version: int) -> list[Any]:
-    """Returns the leaves of version `version` in `tree.flatten` order, after verifying checksums.
+  def load_leaves(self, version: int, structure: Any = None) -> list[Any]:
+    """Returns the leaves of version `version` in `tree.flatten` order, after verifying checksums;
+    a `Serializable` leaf restored by the class of `structure`'s leaf there (its bytes without one).
 
     A `tff.learning` algorithm state starts with its global model weights: trainable, then
     non-trainable.
@@ -255,6 +282,19 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
       tff.program.ProgramStateNotFoundError: no such version.
       CorruptVersionError: it is unreadable or a checksum does not match.
     """
+    stored = self._stored_leaves(version)
+    likes = [None] * len(stored) if structure is None else tree.flatten(structure)
+    if len(likes) != len(stored):
+      raise CorruptVersionError(f"{self.version_path(version)} does not have the expected "
+                                f"structure: {len(stored)} leaves, {len(likes)} expected")
+    try:
+      return [_array_to_leaf(kind, array, like) for (kind, array), like in zip(stored, likes)]
+    except (TypeError, ValueError) as error:
+      raise CorruptVersionError(f"{self.version_path(version)} does not have the expected "
+                                f"structure: {error}") from None
+
+  def _stored_leaves(self, version: int) -> list[tuple[str, np.ndarray]]:
+    """(kind, array) of every leaf of `version`, after verifying checksums."""
     manifest = self.verified_manifest(version)
     path = self.version_path(version)
     try:
@@ -263,7 +303,7 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
         leaves = [arrays[f"leaf_{index}"] for index in range(len(manifest["leaf_kinds"]))]
     except (OSError, ValueError, KeyError) as error:
       raise CorruptVersionError(f"{path} is unreadable: {error}") from None
-    return [_array_to_leaf(kind, array) for kind, array in zip(manifest["leaf_kinds"], leaves)]
+    return list(zip(manifest["leaf_kinds"], leaves))
 
   def load_version(self, version: int, structure: Any) -> Any:
     """Returns version `version` shaped like `structure`, after verifying its checksums.
@@ -272,7 +312,7 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
       tff.program.ProgramStateNotFoundError: no such version.
       CorruptVersionError: it is unreadable or a checksum does not match.
     """
-    leaves = self.load_leaves(version)
+    leaves = self.load_leaves(version, structure)
     path = self.version_path(version)
     try:
       return tree.unflatten_as(structure, leaves)

@@ -208,6 +208,19 @@ def executor_factory(stub: Any, default_num_clients: int = 0):
   return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=executor_stack)
 
 
+def _started_worker(max_concurrent_computation_calls: int | None,
+                    show_worker_output: bool) -> tuple["LocalWorker", Any]:
+  """A serving local worker and a `RemoteExecutorGrpcStub` to it."""
+  import grpc  # pylint: disable=g-import-not-at-top
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+  worker = LocalWorker(max_concurrent_computation_calls, show_worker_output)
+  channel = grpc.insecure_channel(f"localhost:{worker.port}", GRPC_CHANNEL_OPTIONS)
+  stub = tff.framework.RemoteExecutorGrpcStub(channel)
+  worker.wait_until_ready(stub)
+  return worker, stub
+
+
 def start_local_execution_context(
     max_concurrent_computation_calls: int | None = None,
     default_num_clients: int = 0,
@@ -231,13 +244,9 @@ def start_local_execution_context(
   Raises:
     WorkerStartError: the worker is missing, exited, or did not start serving.
   """
-  import grpc  # pylint: disable=g-import-not-at-top
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
-  worker = LocalWorker(max_concurrent_computation_calls, show_worker_output)
-  channel = grpc.insecure_channel(f"localhost:{worker.port}", GRPC_CHANNEL_OPTIONS)
-  stub = tff.framework.RemoteExecutorGrpcStub(channel)
-  worker.wait_until_ready(stub)
+  worker, stub = _started_worker(max_concurrent_computation_calls, show_worker_output)
   context = tff.framework.SyncExecutionContext(
       executor_fn=executor_factory(stub, default_num_clients),
       compiler_fn=tff.backends.native.desugar_and_transform_to_native,
@@ -246,4 +255,26 @@ def start_local_execution_context(
   )
   tff.framework.set_default_context(context)
   worker.context = context  # To switch back to this worker later (the benchmark alternates them).
+  return worker
+
+
+def start_local_program_context(max_concurrent_computation_calls: int | None = None,
+                                show_worker_output: bool = False) -> "LocalWorker":
+  """As `start_local_execution_context`, but installs a `tff.program.NativeFederatedContext` (over
+  an async context on the same kind of worker): the context TFF's program API
+  (`tff.learning.programs.train_model`) requires.
+
+  Raises:
+    WorkerStartError: the worker is missing, exited, or did not start serving.
+  """
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+  worker, stub = _started_worker(max_concurrent_computation_calls, show_worker_output)
+  context = tff.program.NativeFederatedContext(tff.framework.AsyncExecutionContext(
+      executor_fn=executor_factory(stub),
+      compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+      transform_args=tff.tensorflow.transform_args,
+      transform_result=tff.tensorflow.transform_result))
+  tff.framework.set_default_context(context)
+  worker.context = context
   return worker
