@@ -12,6 +12,10 @@ The Python API (see the README):
                                     clients_per_round=10, seed=0)
     loop.train(total_rounds=100)
 
+In a TFF program (`tff.learning.programs.train_model`, experiments/tff_program.py):
+`program_state_manager=tff_resume.DurableProgramStateManager(DIR)` and
+`train_data_source=tff_resume.SeededClientsDataSource("train", client_data, seed)`.
+
 Names are imported on first use, so `import tff_resume` stays cheap (and TensorFlow is not imported
 before a command-line program has set up its signals and network isolation).
 """
@@ -27,6 +31,9 @@ _EXPORTS = {
     "ResumableLoop": "tff_resume.program.loop",
     "run_status": "tff_resume.program.status",
     "Interrupted": "tff_resume.runtime.signals",
+    # TFF's program API (`tff.learning.programs.train_model`): its state manager and data source.
+    "DurableProgramStateManager": "tff_resume.program.checkpointing",
+    "SeededClientsDataSource": "tff_resume.program.federated_data",
 }
 __all__ = sorted(_EXPORTS)
 
