@@ -9,7 +9,10 @@ TFF's own program logic on a local TFF worker, with:
     round number and the data iterator);
   - `SeededClientsDataSource` as `train_data_source`: round r's clients are those a `tff_resume` run
     with the same seed samples, and its iterator's saved position makes a resumed program draw them
-    again.
+    again;
+  - `TensorBoardReleaseManager` and `CsvReleaseManager` (grouped) as `train_metrics_manager`: the
+    event files in DIR/NAME and DIR/NAME/metrics.csv, one point and one row a round, cut at the
+    first round a resumed program redoes.
 Each round prints its clients and metrics; the last line names the final model weights' SHA-256.
 Killed at any instant (SIGKILL included) and run again, it resumes from the newest intact version
 and ends with the same weights, bit for bit, as a program never stopped.
@@ -33,6 +36,7 @@ from tff_resume.program import config_files
 from tff_resume.program import experiment
 from tff_resume.program import federated_data
 from tff_resume.program import global_model
+from tff_resume.program import program_releases
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,14 +98,20 @@ def main(argv) -> int:
           f"round {round_num:4d}  clients {','.join(clients)}", flush=True))
   worker = local_worker.start_local_program_context()
   digest = _WeightsDigest()
+  tensorboard = program_releases.TensorBoardReleaseManager(program_dir)
+  # The printer last: once its line is out, the round's TensorBoard points and CSV row are written.
+  metrics = tff.program.GroupingReleaseManager([
+      tensorboard, program_releases.CsvReleaseManager(os.path.join(program_dir, "metrics.csv")),
+      _MetricsPrinter()])
   try:
     asyncio.run(tff.learning.programs.train_model(
         train_process=process, initial_train_state=initial_state, train_data_source=source,
         train_per_round_clients=config.training.clients_per_round,
         train_total_rounds=_ROUNDS.value, program_state_manager=manager,
-        model_output_manager=digest, train_metrics_manager=_MetricsPrinter(),
+        model_output_manager=digest, train_metrics_manager=metrics,
         evaluation_manager=None, evaluation_periodicity=_ROUNDS.value))
   finally:
+    tensorboard.close()
     worker.stop()
   final = manager.latest_good_version()
   leaves = manager.load_leaves(final)

@@ -4,6 +4,7 @@ after a saved round, then run again, it ends with every leaf of the program stat
 state, the round, the data iterator's position) equal to an uninterrupted program's, the same clients
 every round, and the same weights and clients as a `tff_resume` run of the same config."""
 
+import collections
 import hashlib
 import os
 import re
@@ -15,14 +16,18 @@ import tempfile
 
 from absl.testing import absltest
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from experiments import chaos
+from experiments import tensorboard_server
 from tff_resume.program import federated_data
+from tff_resume.program import metrics_release
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = 4
 _ENV = dict(os.environ, PYTHONPATH=_REPO_ROOT)
+_PROGRAMS = ("straight", "killed_saving", "killed_after", "corrupted")
 
 
 def _program(root: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -76,17 +81,45 @@ class TrainModelProgramTest(absltest.TestCase):
         break
     cls.after_round = [_finish(after_round, "".join(seen))]
     cls.after_round.append(_finish(_program(cls.root, "killed_after")))
+    # A finished program whose newest version's state was then damaged: it resumes from version
+    # _ROUNDS - 1 and redoes the last round, whose points and row are already there.
+    shutil.copytree(os.path.join(cls.root, "straight"), os.path.join(cls.root, "corrupted"))
+    with open(os.path.join(cls.root, "corrupted", "checkpoints", f"version_{_ROUNDS}",
+                           "state.npz"), "r+b") as state:
+      state.seek(100)
+      byte = state.read(1)
+      state.seek(100)
+      state.write(bytes([byte[0] ^ 0xFF]))
+    # (Its first start is the straight program's, which "ended" with the damage.)
+    cls.corrupted = [(-signal.SIGKILL, cls.straight[1], ""), _finish(_program(cls.root, "corrupted"))]
     subprocess.run(
         [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py:smoke",
          f"--root_output_dir={cls.root}", "--experiment_name=tff_resume_run",
          "--config.model.name=2nn", f"--config.training.total_rounds={_ROUNDS}"],
         cwd=_REPO_ROOT, env=_ENV, capture_output=True, text=True, timeout=300, check=True)
     cls.reference = chaos.run_outcome(os.path.join(cls.root, "tff_resume_run"))
+    # TensorBoard as a user starts it (its default loader), on the three programs' folders.
+    cls.tensorboard_root = os.path.join(cls.root, "tensorboard")
+    os.makedirs(cls.tensorboard_root)
+    for name in _PROGRAMS:
+      os.symlink(os.path.join(cls.root, name), os.path.join(cls.tensorboard_root, name))
+    cls.server = tensorboard_server.TensorBoardServer(cls.tensorboard_root)
 
   @classmethod
   def tearDownClass(cls):
+    group = cls.server.process.pid
+    cls.server.stop()
+    assert not tensorboard_server.processes_in_group(group), f"tensorboard group {group} left"
     shutil.rmtree(cls.root)
     super().tearDownClass()
+
+  def _served_points(self, name: str) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar of the program `name`, as TensorBoard serves them."""
+    tags = self.server.wait_for(
+        lambda server: (server.get("data/plugin/scalars/tags").get(name) or None),
+        f"{name}'s scalars")
+    return {tag: [(step, value) for _, step, value in self.server.get(
+        "data/plugin/scalars/scalars", run=name, tag=tag)] for tag in sorted(tags)}
 
   def test_uninterrupted_program_equals_a_tff_resume_run(self):
     status, out, err = self.straight
@@ -109,9 +142,29 @@ class TrainModelProgramTest(absltest.TestCase):
     self.assertEqual(_state_leaves(os.path.join(self.root, name), _ROUNDS),
                      _state_leaves(os.path.join(self.root, "straight"), _ROUNDS))
     self.assertEqual(chaos.leftovers(os.path.join(self.root, name)), [])
+    # One CSV row and one TensorBoard point per round, equal to the uninterrupted program's.
+    with open(os.path.join(self.root, name, "metrics.csv")) as mine, \
+        open(os.path.join(self.root, "straight", "metrics.csv")) as straight:
+      self.assertEqual(mine.read(), straight.read())
+    # In the event files themselves, once (TensorBoard's loader would also drop the points a restart
+    # marker supersedes; other readers would not).
+    written = collections.Counter(
+        (value.tag, event.step) for path in metrics_release.event_files(os.path.join(self.root, name))
+        for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value)
+    points = self._served_points(name)
+    self.assertEqual(set(written.values()), {1}, written)
+    self.assertLen(written, len(points) * _ROUNDS)
+    self.assertEqual(points, self._served_points("straight"))
+    self.assertEqual([step for step, _ in points["model_metrics/loss"]],
+                     list(range(1, _ROUNDS + 1)))
 
   def test_killed_while_saving_a_version_resumes_identically(self):
     self._assert_resumed_identically(self.during_save, "killed_saving", 1)
+
+  def test_a_corrupt_newest_version_is_redone_with_one_point_per_round(self):
+    self._assert_resumed_identically(self.corrupted, "corrupted", _ROUNDS - 1)
+    checkpoints = os.listdir(os.path.join(self.root, "corrupted", "checkpoints"))
+    self.assertLen([name for name in checkpoints if name.startswith("corrupt_version_")], 1)
 
   def test_killed_after_a_saved_round_resumes_identically(self):
     self._assert_resumed_identically(self.after_round, "killed_after", 2)

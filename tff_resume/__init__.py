@@ -34,6 +34,8 @@ _EXPORTS = {
     # TFF's program API (`tff.learning.programs.train_model`): its state manager and data source.
     "DurableProgramStateManager": "tff_resume.program.checkpointing",
     "SeededClientsDataSource": "tff_resume.program.federated_data",
+    "TensorBoardReleaseManager": "tff_resume.program.program_releases",
+    "CsvReleaseManager": "tff_resume.program.program_releases",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -334,7 +334,13 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     return self.load_version(version, structure), version
 
   async def load_latest(self, structure: Any) -> tuple[Any, int]:
-    return self.load_latest_good(structure)
+    """TFF's interface (a program resumes from what it returns): the newest intact version; the
+    corrupt versions newer than it are set aside, so the program can save them again."""
+    state, version = self.load_latest_good(structure)
+    for newer in self.versions():
+      if newer > version:
+        self.set_aside(newer)
+    return state, version
 
   def save_version(self, program_state: Any, version: int,
                    metadata: dict[str, Any] | None = None) -> None:
