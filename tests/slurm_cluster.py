@@ -133,7 +133,7 @@ class PrivateSlurm:
                    env=self.env, capture_output=True, timeout=60)
     for node in NODES:
       self.start_node(node)
-    self._wait_until_idle()
+    self.wait_until_idle()
 
   def _write_conf(self, munge_socket: str) -> None:
     host = socket.gethostname().split(".")[0]
@@ -181,7 +181,7 @@ PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=I
     subprocess.run(["/usr/sbin/slurmd", "-f", self._path("slurm.conf"), "-N", node], check=True,
                    env=self.env, capture_output=True, timeout=60)
 
-  def _wait_until_idle(self, timeout_seconds: float = 60) -> None:
+  def wait_until_idle(self, timeout_seconds: float = 60) -> None:
     deadline = time.monotonic() + timeout_seconds
     while True:
       states = self.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False).stdout.split()
@@ -267,10 +267,10 @@ PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=I
     return dict(re.findall(r"(\w+)=(\S*)", result.stdout))
 
   def wait_for(self, job_id: str, states: tuple[str, ...], timeout_seconds: float,
-               start_pending: bool = True) -> dict[str, str]:
+               start_pending: bool = False) -> dict[str, str]:
     """Waits until the job is in one of `states`; returns its fields. A requeued job waits for its
-    begin time: with `start_pending`, it is told to start now (as an admin would on an idle
-    cluster)."""
+    begin time (`cred_expire`, 10 s here, while its last start's processes end): with
+    `start_pending`, it is told to start now (as an admin would on an idle cluster)."""
     deadline = time.monotonic() + timeout_seconds
     while True:
       fields = self.job(job_id)

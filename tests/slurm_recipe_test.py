@@ -77,6 +77,7 @@ class StudySbatchOnSlurmTest(absltest.TestCase):
     env = {"CONFIG": "configs/demo.py:smoke", "ROOT_OUTPUT_DIR": self.scratch, "EXPERIMENT": "run",
            "VENV": _VENV, "TFF_WORKER_PORT": str(_free_port_pair()), "TFF_WORKER_PORT_STEP": "1",
            "PYTHONPATH": _REPO_ROOT, **(env or {})}
+    self.cluster.wait_until_idle()  # What an earlier job of the test left has ended.
     # Overrides of the script's defaults on the command line, as a user on a small cluster would.
     self.job_id = self.cluster.sbatch(
         ["--cpus-per-task=1", f"--output={self.scratch}/slurm-%j.out", *sbatch_options, _SCRIPT,
@@ -100,7 +101,7 @@ class StudySbatchOnSlurmTest(absltest.TestCase):
       time.sleep(0.2)
 
   def wait_until_final(self, timeout_seconds: float = 240) -> dict[str, str]:
-    """Waits for the job's end, starting a requeued job at once (its begin time is ~10 s away)."""
+    """Waits for the job's end (a requeued job starts after its begin time, ~10 s)."""
     deadline = time.monotonic() + timeout_seconds
     while True:
       fields = self.cluster.wait_for(self.job_id, _FINAL + ("RUNNING",),
