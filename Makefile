@@ -27,7 +27,7 @@ test: $(INSTALLED)
 	  --ignore=tests/slurm_recipe_test.py
 
 # The SLURM recipe on a private SLURM cluster of three nodes on this host (root; installs slurm-wlm
-# and munge with apt when missing): about 7 minutes.
+# and munge with apt when missing): about 9 minutes.
 test-slurm: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest tests/slurm_recipe_test.py
 
