@@ -41,15 +41,15 @@ from experiments import measure
 from tff_resume.data import preprocessing
 from tff_resume.learning import accounting
 from tff_resume.learning import models
-from tff_resume.program import atomic_files
-from tff_resume.program import bookkeeping
-from tff_resume.program import checkpointing
+from tff_resume.storage import atomic_files
+from tff_resume.releases import bookkeeping
+from tff_resume.storage import checkpointing
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint as fingerprint_lib
-from tff_resume.program import history as history_lib
+from tff_resume.storage import history as history_lib
 from tff_resume.program import loop as loop_lib
-from tff_resume.program import paths as paths_lib
-from tff_resume.program import run_record
+from tff_resume.storage import paths as paths_lib
+from tff_resume.storage import run_record
 from tff_resume.program import training
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 

@@ -43,7 +43,7 @@ from tff_resume.data import preprocessing
 from tff_resume.learning import models
 from tff_resume.program import centralized_evaluation
 from tff_resume.program import experiment
-from tff_resume.program import global_model
+from tff_resume.analysis import global_model
 from tff_resume.runtime import local_worker
 
 TARGETS = {

@@ -22,16 +22,16 @@ import time
 from experiments import measure
 from tff_resume.data import synthetic
 from tff_resume.learning import sampling
-from tff_resume.program import atomic_files
-from tff_resume.program import bookkeeping
-from tff_resume.program import checkpointing
+from tff_resume.storage import atomic_files
+from tff_resume.releases import bookkeeping
+from tff_resume.storage import checkpointing
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint as fingerprint_lib
-from tff_resume.program import history as history_lib
-from tff_resume.program import metrics_release
-from tff_resume.program import participation
-from tff_resume.program import paths as paths_lib
-from tff_resume.program import run_record
+from tff_resume.storage import history as history_lib
+from tff_resume.releases import metrics_release
+from tff_resume.storage import participation
+from tff_resume.storage import paths as paths_lib
+from tff_resume.storage import run_record
 from tff_resume.program import training
 
 TARGETS = {

@@ -42,8 +42,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from tff_resume.program import history
-from tff_resume.program import run_lock
+from tff_resume.storage import history
+from tff_resume.storage import run_lock
 from tff_resume.runtime import fault_hooks
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,16 +14,16 @@ from typing import Callable
 from absl import flags
 
 from tff_resume.data import emnist
-from tff_resume.program import checkpointing
+from tff_resume.storage import checkpointing
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint as fingerprint_lib
-from tff_resume.program import global_model
-from tff_resume.program import history as history_lib
+from tff_resume.analysis import global_model
+from tff_resume.storage import history as history_lib
 from tff_resume.program import loop as loop_lib
-from tff_resume.program import participation
-from tff_resume.program import paths as paths_lib
+from tff_resume.storage import participation
+from tff_resume.storage import paths as paths_lib
 from tff_resume.program import run as run_lib
-from tff_resume.program import run_lock
+from tff_resume.storage import run_lock
 from tff_resume.runtime import certificates
 from tff_resume.runtime import signals
 from tff_resume.runtime import workers

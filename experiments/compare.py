@@ -12,7 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
-from tff_resume.program import comparison
+from tff_resume.analysis import comparison
 
 _OUT = flags.DEFINE_string("out", None, "Folder to write the table and plots into.", required=True)
 

@@ -35,8 +35,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import command_line
-from tff_resume.program import status as status_lib
-from tff_resume.program import study
+from tff_resume.analysis import status as status_lib
+from tff_resume.analysis import study
 from tff_resume.runtime import signals
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 

@@ -31,12 +31,12 @@ from absl import app
 from absl import flags
 import tensorflow_federated as tff
 
-from tff_resume.program import checkpointing
+from tff_resume.storage import checkpointing
 from tff_resume.program import config_files
 from tff_resume.program import experiment
 from tff_resume.program import federated_data
-from tff_resume.program import global_model
-from tff_resume.program import program_releases
+from tff_resume.analysis import global_model
+from tff_resume.releases import release_managers
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,10 +98,10 @@ def main(argv) -> int:
           f"round {round_num:4d}  clients {','.join(clients)}", flush=True))
   worker = local_worker.start_local_program_context()
   digest = _WeightsDigest()
-  tensorboard = program_releases.TensorBoardReleaseManager(program_dir)
+  tensorboard = release_managers.TensorBoardReleaseManager(program_dir)
   # The printer last: once its line is out, the round's TensorBoard points and CSV row are written.
   metrics = tff.program.GroupingReleaseManager([
-      tensorboard, program_releases.CsvReleaseManager(os.path.join(program_dir, "metrics.csv")),
+      tensorboard, release_managers.CsvReleaseManager(os.path.join(program_dir, "metrics.csv")),
       _MetricsPrinter()])
   try:
     asyncio.run(tff.learning.programs.train_model(

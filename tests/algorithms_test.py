@@ -16,7 +16,7 @@ import tensorflow_federated as tff
 from configs import demo
 from tff_resume.data import preprocessing
 from tff_resume.learning import algorithms
-from tff_resume.program import checkpointing
+from tff_resume.storage import checkpointing
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint
 from tff_resume.runtime import local_worker

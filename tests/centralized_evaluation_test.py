@@ -29,8 +29,8 @@ from tff_resume.learning import models
 from tff_resume.program import centralized_evaluation
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint
-from tff_resume.program import global_model
-from tff_resume.program import status as status_lib
+from tff_resume.analysis import global_model
+from tff_resume.analysis import status as status_lib
 
 _ROUNDS = 2
 _TEST_CLIENTS = 6

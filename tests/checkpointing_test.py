@@ -1,4 +1,4 @@
-"""Tests for tff_resume.program.checkpointing: atomic, checksummed versions, fallback and TFF's retention."""
+"""Tests for tff_resume.storage.checkpointing: atomic, checksummed versions, fallback and TFF's retention."""
 
 import asyncio
 import collections
@@ -16,7 +16,7 @@ from tff_resume.data import synthetic
 from tff_resume.learning import algorithms
 from tff_resume.learning import models
 from tff_resume.learning import sampling
-from tff_resume.program import checkpointing
+from tff_resume.storage import checkpointing
 from tff_resume.runtime import local_worker
 
 

@@ -17,8 +17,8 @@ import tensorflow_federated as tff
 
 from tff_resume.data import preprocessing
 from tff_resume.learning import models
-from tff_resume.program import bookkeeping
-from tff_resume.program import checkpointing
+from tff_resume.releases import bookkeeping
+from tff_resume.storage import checkpointing
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SMALL = [

@@ -14,9 +14,9 @@ from absl.testing import absltest
 
 from experiments import chaos
 from experiments import tensorboard_server
-from tff_resume.program import metrics_release
-from tff_resume.program import paths
-from tff_resume.program import run_lock
+from tff_resume.releases import metrics_release
+from tff_resume.storage import paths
+from tff_resume.storage import run_lock
 from tff_resume.runtime import fault_hooks
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ class RunLockTest(absltest.TestCase):
   def test_second_holder_is_refused_with_the_holders_pid_until_it_is_killed(self):
     run_dir = os.path.join(self.create_tempdir().full_path, "run")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tff_resume.program import run_lock; "
+        [sys.executable, "-c", "import sys, time; from tff_resume.storage import run_lock; "
          f"run_lock.RunLock({run_dir!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
         cwd=_REPO_ROOT, env=_ENV, stdout=subprocess.PIPE, text=True)
     try:

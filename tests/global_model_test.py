@@ -20,9 +20,9 @@ from experiments import chaos
 from tests import smoke_runs
 from tff_resume.data import synthetic
 from tff_resume.learning import models
-from tff_resume.program import bookkeeping
-from tff_resume.program import checkpointing
-from tff_resume.program import global_model
+from tff_resume.releases import bookkeeping
+from tff_resume.storage import checkpointing
+from tff_resume.analysis import global_model
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CUSTOM = "experiments.custom_model:create_model"

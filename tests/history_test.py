@@ -1,4 +1,4 @@
-"""Tests for tff_resume.program.history and the fixed-size run record: an append-only, hash-chained history
+"""Tests for tff_resume.storage.history and the fixed-size run record: an append-only, hash-chained history
 that a checkpoint version points into, so a version's size does not grow with the rounds done."""
 
 import json
@@ -8,11 +8,11 @@ import sqlite3
 from absl.testing import absltest
 import numpy as np
 
-from tff_resume.program import bookkeeping
-from tff_resume.program import checkpointing
-from tff_resume.program import history
-from tff_resume.program import paths as paths_lib
-from tff_resume.program import run_record
+from tff_resume.releases import bookkeeping
+from tff_resume.storage import checkpointing
+from tff_resume.storage import history
+from tff_resume.storage import paths as paths_lib
+from tff_resume.storage import run_record
 
 
 def _round(round_num):

@@ -10,8 +10,8 @@ import sys
 
 from absl.testing import absltest
 
-from tff_resume.program import bookkeeping
-from tff_resume.program import checkpointing
+from tff_resume.releases import bookkeeping
+from tff_resume.storage import checkpointing
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_REPO_ROOT, "tests", "loop_script.py")

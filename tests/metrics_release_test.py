@@ -1,10 +1,10 @@
-"""Tests for tff_resume.program.metrics_release: one TensorBoard point per round across restarts."""
+"""Tests for tff_resume.releases.metrics_release: one TensorBoard point per round across restarts."""
 
 import os
 
 from absl.testing import absltest
 
-from tff_resume.program import metrics_release
+from tff_resume.releases import metrics_release
 
 
 class TensorBoardScalarsTest(absltest.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for tff_resume.program.paths: experiment names are one folder; a run folder's own files and
+"""Tests for tff_resume.storage.paths: experiment names are one folder; a run folder's own files and
 folders must not be symbolic links (the runner refuses them, changing nothing)."""
 
 import os
@@ -7,7 +7,7 @@ import sys
 
 from absl.testing import absltest
 
-from tff_resume.program import paths
+from tff_resume.storage import paths
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

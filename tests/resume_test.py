@@ -18,9 +18,9 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
-from tff_resume.program import bookkeeping
-from tff_resume.program import checkpointing
-from tff_resume.program import run_lock
+from tff_resume.releases import bookkeeping
+from tff_resume.storage import checkpointing
+from tff_resume.storage import run_lock
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TOTAL_ROUNDS = 4

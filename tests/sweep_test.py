@@ -17,8 +17,8 @@ from absl.testing import absltest
 
 from configs import demo
 from experiments import chaos
-from tff_resume.program import study
-from tff_resume.program import units
+from tff_resume.analysis import study
+from tff_resume.releases import units
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARKER = ("TFF_RESUME_SWEEP_TEST", f"{os.getpid()}-{time.time_ns()}")

@@ -20,8 +20,8 @@ from absl.testing import absltest
 import numpy as np
 
 from experiments import tensorboard_server
-from tff_resume.program import metrics_release
-from tff_resume.program import units
+from tff_resume.releases import metrics_release
+from tff_resume.releases import units
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = 4

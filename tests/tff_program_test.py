@@ -22,7 +22,7 @@ import tensorflow_federated as tff
 from experiments import chaos
 from experiments import tensorboard_server
 from tff_resume.program import federated_data
-from tff_resume.program import metrics_release
+from tff_resume.releases import metrics_release
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = 4

@@ -1,8 +1,8 @@
-"""Tests for tff_resume.program.units."""
+"""Tests for tff_resume.releases.units."""
 
 from absl.testing import absltest
 
-from tff_resume.program import units
+from tff_resume.releases import units
 
 
 class FormatBitsTest(absltest.TestCase):

@@ -29,13 +29,13 @@ _EXPORTS = {
     "Run": "tff_resume.program.run",
     "ConfigError": "tff_resume.program.run",
     "ResumableLoop": "tff_resume.program.loop",
-    "run_status": "tff_resume.program.status",
+    "run_status": "tff_resume.analysis.status",
     "Interrupted": "tff_resume.runtime.signals",
     # TFF's program API (`tff.learning.programs.train_model`): its state manager and data source.
-    "DurableProgramStateManager": "tff_resume.program.checkpointing",
+    "DurableProgramStateManager": "tff_resume.storage.checkpointing",
     "SeededClientsDataSource": "tff_resume.program.federated_data",
-    "TensorBoardReleaseManager": "tff_resume.program.program_releases",
-    "CsvReleaseManager": "tff_resume.program.program_releases",
+    "TensorBoardReleaseManager": "tff_resume.releases.release_managers",
+    "CsvReleaseManager": "tff_resume.releases.release_managers",
 }
 __all__ = sorted(_EXPORTS)
 

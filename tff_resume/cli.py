@@ -163,8 +163,8 @@ def _inspect(args) -> None:
 
 
 def _status(args) -> None:
-  from tff_resume.program import status as status_lib  # pylint: disable=g-import-not-at-top
-  from tff_resume.program import units  # pylint: disable=g-import-not-at-top
+  from tff_resume.analysis import status as status_lib  # pylint: disable=g-import-not-at-top
+  from tff_resume.releases import units  # pylint: disable=g-import-not-at-top
 
   status = status_lib.run_status(args.run_dir, round_num=args.round_num, client_id=args.client_id,
                                  coverage=args.coverage)
@@ -215,8 +215,8 @@ def _status(args) -> None:
 
 
 def _export(args) -> None:
-  from tff_resume.program import global_model  # pylint: disable=g-import-not-at-top
-  from tff_resume.program import run_lock  # pylint: disable=g-import-not-at-top
+  from tff_resume.analysis import global_model  # pylint: disable=g-import-not-at-top
+  from tff_resume.storage import run_lock  # pylint: disable=g-import-not-at-top
 
   run_dir, out = os.path.realpath(args.run_dir), os.path.realpath(args.out)
   # Writing into the run folder: only while no runner writes there.
@@ -279,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
   from tff_resume.data import leaf  # pylint: disable=g-import-not-at-top
 
   local_worker.install_guard_context()
-  from tff_resume.program import checkpointing  # pylint: disable=g-import-not-at-top
-  from tff_resume.program import history  # pylint: disable=g-import-not-at-top
-  from tff_resume.program import participation  # pylint: disable=g-import-not-at-top
-  from tff_resume.program import run_lock  # pylint: disable=g-import-not-at-top
+  from tff_resume.storage import checkpointing  # pylint: disable=g-import-not-at-top
+  from tff_resume.storage import history  # pylint: disable=g-import-not-at-top
+  from tff_resume.storage import participation  # pylint: disable=g-import-not-at-top
+  from tff_resume.storage import run_lock  # pylint: disable=g-import-not-at-top
 
   handlers = {("data", "import-leaf"): _import_leaf, ("data", "inspect"): _inspect,
               ("data", "index"): _index,

@@ -18,10 +18,10 @@ from tff_resume.learning import algorithms
 from tff_resume.learning import models
 from tff_resume.learning import privacy_accounting
 from tff_resume.program import centralized_evaluation
-from tff_resume.program import checkpointing
+from tff_resume.storage import checkpointing
 from tff_resume.program import config_files
 from tff_resume.program import fingerprint
-from tff_resume.program import global_model
+from tff_resume.analysis import global_model
 from tff_resume.program import loop
 from tff_resume.program import training
 from tff_resume.runtime import workers

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from tff_resume.data import client_index
 from tff_resume.data import emnist
-from tff_resume.program import global_model
+from tff_resume.analysis import global_model
 
 MATH_SECTIONS = ("algorithm", "data", "model", "client", "server", "aggregator")
 MATH_TRAINING_FIELDS = ("clients_per_round", "seed")

@@ -28,16 +28,16 @@ import tensorflow_federated as tff
 from tff_resume.learning import accounting
 from tff_resume.learning import privacy_accounting
 from tff_resume.learning import sampling
-from tff_resume.program import atomic_files
-from tff_resume.program import bookkeeping
-from tff_resume.program import checkpointing
+from tff_resume.storage import atomic_files
+from tff_resume.releases import bookkeeping
+from tff_resume.storage import checkpointing
 from tff_resume.program import fingerprint as fingerprint_lib
-from tff_resume.program import global_model
-from tff_resume.program import paths as paths_lib
-from tff_resume.program import run_lock
-from tff_resume.program import run_record
+from tff_resume.analysis import global_model
+from tff_resume.storage import paths as paths_lib
+from tff_resume.storage import run_lock
+from tff_resume.storage import run_record
 from tff_resume.program import training
-from tff_resume.program import units
+from tff_resume.releases import units
 from tff_resume.runtime import fault_hooks
 from tff_resume.runtime import network_isolation
 from tff_resume.runtime import signals

@@ -18,8 +18,8 @@ from tff_resume.program import config_files
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint as fingerprint_lib
 from tff_resume.program import loop as loop_lib
-from tff_resume.program import paths as paths_lib
-from tff_resume.program import status as status_lib
+from tff_resume.storage import paths as paths_lib
+from tff_resume.analysis import status as status_lib
 from tff_resume.runtime import fault_hooks
 from tff_resume.runtime import signals
 

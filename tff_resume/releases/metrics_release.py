@@ -42,8 +42,8 @@ from tensorboard.compat.proto import types_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import event_file_writer
 
-from tff_resume.program import atomic_files
-from tff_resume.program import units
+from tff_resume.storage import atomic_files
+from tff_resume.releases import units
 
 EVENT_FILE_MARKER = "tfevents"  # TensorBoard loads every file whose name contains this.
 LEGACY_LOGDIR = "logdir"  # Where runs kept their events before they moved into the run folder.

@@ -2,10 +2,10 @@
 
 from typing import Any
 
-from tff_resume.program import bookkeeping
-from tff_resume.program import checkpointing
-from tff_resume.program import participation
-from tff_resume.program import paths
+from tff_resume.releases import bookkeeping
+from tff_resume.storage import checkpointing
+from tff_resume.storage import participation
+from tff_resume.storage import paths
 
 
 def run_status(run_dir: str, round_num: int | None = None, client_id: str | None = None,

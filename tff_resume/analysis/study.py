@@ -16,10 +16,10 @@ import re
 import statistics
 from typing import Any, Sequence
 
-from tff_resume.program import atomic_files
-from tff_resume.program import comparison
+from tff_resume.storage import atomic_files
+from tff_resume.analysis import comparison
 from tff_resume.program import fingerprint
-from tff_resume.program import units
+from tff_resume.releases import units
 
 PLAN_FILE = "study.json"
 SUMMARY_FOLDER = "study_summary"

@@ -14,8 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from tff_resume.program import paths as paths_lib
-from tff_resume.program import units
+from tff_resume.storage import paths as paths_lib
+from tff_resume.releases import units
 
 TRAIN_ACCURACY = "client_work/train/sparse_categorical_accuracy"
 EVAL_ACCURACY = "evaluation/sparse_categorical_accuracy"

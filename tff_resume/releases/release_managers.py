@@ -2,8 +2,8 @@
 (`tff.learning.programs.train_model`'s `train_metrics_manager`, a `tff.program.GroupingReleaseManager`).
 
     releases = tff.program.GroupingReleaseManager([
-        program_releases.TensorBoardReleaseManager("runs/prog"),
-        program_releases.CsvReleaseManager("runs/prog/metrics.csv")])
+        release_managers.TensorBoardReleaseManager("runs/prog"),
+        release_managers.CsvReleaseManager("runs/prog/metrics.csv")])
 
 `release(value, key)` takes a round's metrics, any nesting of mappings and sequences TFF releases
 (`OrderedDict`s of `OrderedDict`s of numpy scalars), and the round number as `key`. Every numeric
@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow_federated as tff
 import tree
 
-from tff_resume.program import atomic_files
-from tff_resume.program import metrics_release
+from tff_resume.storage import atomic_files
+from tff_resume.releases import metrics_release
 
 
 def flat_metrics(value: Any) -> dict[str, float | int]:

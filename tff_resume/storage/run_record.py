@@ -13,7 +13,7 @@ runner can move it into the history file at the next start.
 import dataclasses
 from typing import Any
 
-from tff_resume.program import history as history_lib
+from tff_resume.storage import history as history_lib
 
 LAYOUT = 2  # 1: the whole history in every version; 2: a history file and a fixed-size record.
 

@@ -25,7 +25,7 @@ import os
 import sqlite3
 from typing import Any, Iterable, Iterator
 
-from tff_resume.program import participation
+from tff_resume.storage import participation
 
 GENESIS = "0" * 64  # chain(0): the hash of an empty history.
 FILE_NAME = "history.sqlite"

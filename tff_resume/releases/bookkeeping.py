@@ -14,13 +14,13 @@ from typing import Any, Callable, Mapping
 
 from absl import logging
 
-from tff_resume.program import atomic_files
-from tff_resume.program import checkpointing
-from tff_resume.program import history as history_lib
-from tff_resume.program import metrics_release
-from tff_resume.program import participation
-from tff_resume.program import paths as paths_lib
-from tff_resume.program import run_record as run_record_lib
+from tff_resume.storage import atomic_files
+from tff_resume.storage import checkpointing
+from tff_resume.storage import history as history_lib
+from tff_resume.releases import metrics_release
+from tff_resume.storage import participation
+from tff_resume.storage import paths as paths_lib
+from tff_resume.storage import run_record as run_record_lib
 
 
 def _last_completed_round(progress_path: str) -> int:
