@@ -5,7 +5,7 @@ VENV_PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEMO_OUTPUT ?= runs
 
-.PHONY: install demo test test-slurm lock clean
+.PHONY: install demo test test-slurm docs docs-serve lock clean
 
 install: $(INSTALLED)
 
@@ -30,6 +30,24 @@ test: $(INSTALLED)
 # and munge with apt when missing): about 9 minutes.
 test-slurm: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest tests/slurm_recipe_test.py
+
+# The documentation site, strictly (a warning fails: broken links, a config field without a comment, a
+# public name without a docstring) into build/site; its tools are pinned in docs/requirements.txt and
+# live in a venv of their own, apart from the runtime lock. docs-serve rebuilds it on every change.
+DOCS_VENV := build/docs-venv
+DOCS_INSTALLED := $(DOCS_VENV)/.installed
+
+$(DOCS_INSTALLED): docs/requirements.txt
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet --disable-pip-version-check -r docs/requirements.txt
+	touch $@
+
+docs: $(DOCS_INSTALLED)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --clean
+
+docs-serve: $(DOCS_INSTALLED)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000 \
+	  --watch configs --watch tff_resume
 
 # Re-solves requirements.txt in a scratch environment and rewrites requirements.lock.
 lock:

@@ -41,16 +41,18 @@ from experiments import measure
 from tff_resume.data import preprocessing
 from tff_resume.learning import accounting
 from tff_resume.learning import models
-from tff_resume.storage import atomic_files
-from tff_resume.releases import bookkeeping
-from tff_resume.storage import checkpointing
 from tff_resume.program import experiment
+from tff_resume.program import federated_data
 from tff_resume.program import fingerprint as fingerprint_lib
-from tff_resume.storage import history as history_lib
 from tff_resume.program import loop as loop_lib
+from tff_resume.program import training
+from tff_resume.releases import bookkeeping
+from tff_resume.releases import release_managers
+from tff_resume.storage import atomic_files
+from tff_resume.storage import checkpointing
+from tff_resume.storage import history as history_lib
 from tff_resume.storage import paths as paths_lib
 from tff_resume.storage import run_record
-from tff_resume.program import training
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 local_worker.install_guard_context()
@@ -183,10 +185,9 @@ class Workload:
     self.initial_state = experiment.initial_state(config, self.process)
     # The runner's own sampling and datasets (a loop object only describes a run until it trains).
     clients = loop_lib.ResumableLoop(
-        self.process, self.train_data, run_dir="unused",
-        preprocess=experiment.preprocess_fn(config),
-        clients_per_round=config.training.clients_per_round, seed=config.training.seed,
-        fingerprint={})
+        self.process, federated_data.SeededClientsDataSource(
+            "benchmark", self.train_data, config.training.seed, experiment.preprocess_fn(config)),
+        run_dir="unused", clients_per_round=config.training.clients_per_round, fingerprint={})
     self.select_clients, self.client_datasets = clients.select_clients, clients.client_datasets
     self.bare_state = self.initial_state
     self.bare_round_num = 0
@@ -222,7 +223,7 @@ class RunnerLoop:
         paths, manager, record, history,
         loop_lib.counted_examples(workload.train_data,
                                   config.client.max_examples_per_client or None),
-        fingerprint_lib.flatten_config(config))
+        release_managers.for_run(paths, fingerprint_lib.flatten_config(config)))
     self._state = workload.initial_state
     self.checkpoint_seconds = []
     self.wall_and_inner_seconds = []  # (train() wall time, its sampling + datasets + process.next)

@@ -36,6 +36,7 @@ import tensorflow_federated as tff
 
 from configs import emnist_fedavg
 from experiments import measure
+from tff_resume.analysis import global_model
 from tff_resume.data import client_index
 from tff_resume.data import emnist
 from tff_resume.data import leaf
@@ -43,7 +44,6 @@ from tff_resume.data import preprocessing
 from tff_resume.learning import models
 from tff_resume.program import centralized_evaluation
 from tff_resume.program import experiment
-from tff_resume.analysis import global_model
 from tff_resume.runtime import local_worker
 
 TARGETS = {

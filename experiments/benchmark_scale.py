@@ -22,17 +22,18 @@ import time
 from experiments import measure
 from tff_resume.data import synthetic
 from tff_resume.learning import sampling
-from tff_resume.storage import atomic_files
-from tff_resume.releases import bookkeeping
-from tff_resume.storage import checkpointing
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint as fingerprint_lib
-from tff_resume.storage import history as history_lib
+from tff_resume.program import training
+from tff_resume.releases import bookkeeping
 from tff_resume.releases import metrics_release
+from tff_resume.releases import release_managers
+from tff_resume.storage import atomic_files
+from tff_resume.storage import checkpointing
+from tff_resume.storage import history as history_lib
 from tff_resume.storage import participation
 from tff_resume.storage import paths as paths_lib
 from tff_resume.storage import run_record
-from tff_resume.program import training
 
 TARGETS = {
     "bookkeeping_10000_vs_10": 1.2,
@@ -114,9 +115,10 @@ class _LongRun:
     started = time.perf_counter()
     history, _ = bookkeeping.open_history(self.manager, self.record.rounds_done, self.record,
                                           self.record.to_json(), self.paths.progress_json)
+    releases = release_managers.for_run(
+        self.paths, fingerprint_lib.flatten_config(self._workload.config))
     self.book = bookkeeping.Bookkeeping(self.paths, self.manager, self.record, history,
-                                        lambda client_id: _EXAMPLES_PER_CLIENT,
-                                        fingerprint_lib.flatten_config(self._workload.config))
+                                        lambda client_id: _EXAMPLES_PER_CLIENT, releases)
     return time.perf_counter() - started
 
   def next_round(self) -> None:

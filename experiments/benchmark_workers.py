@@ -7,8 +7,8 @@ a namespace of its own behind the TLS relay) reached over mutual TLS (2 subround
 2 workers without TLS, with the bytes the relays read per round (both directions: from the runner
 and from TFF's worker) and their throughput. Each contender has a worker process of its own, so each
 one's peak memory (VmHWM) is its own. On 2 cores no speed-up is expected: the figures show what the
-remote path and the merges cost, and give the per-client time and transfer sizes the README's estimate
-for N machines is computed from.
+remote path and the merges cost, and give the per-client time and transfer sizes the estimate for N
+machines in docs/benchmarks.md is computed from.
 """
 
 import ctypes

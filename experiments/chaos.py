@@ -42,9 +42,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from tff_resume.runtime import fault_hooks
 from tff_resume.storage import history
 from tff_resume.storage import run_lock
-from tff_resume.runtime import fault_hooks
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT_KINDS = ("sigkill", "sigkill_group", "sigterm", "sigint", "second_start")

@@ -13,20 +13,20 @@ from typing import Callable
 
 from absl import flags
 
+from tff_resume.analysis import global_model
 from tff_resume.data import emnist
-from tff_resume.storage import checkpointing
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint as fingerprint_lib
-from tff_resume.analysis import global_model
-from tff_resume.storage import history as history_lib
 from tff_resume.program import loop as loop_lib
-from tff_resume.storage import participation
-from tff_resume.storage import paths as paths_lib
 from tff_resume.program import run as run_lib
-from tff_resume.storage import run_lock
 from tff_resume.runtime import certificates
 from tff_resume.runtime import signals
 from tff_resume.runtime import workers
+from tff_resume.storage import checkpointing
+from tff_resume.storage import history as history_lib
+from tff_resume.storage import participation
+from tff_resume.storage import paths as paths_lib
+from tff_resume.storage import run_lock
 
 EXIT_CODE_BAD_INPUT = 2
 EXIT_CODE_WRITE_FAILED = 74  # EX_IOERR: a disk full or failing; the last saved version is intact.
@@ -141,8 +141,8 @@ def parse_flags(argv, program: str = "run_emnist", default_root_output_dir: str 
     problem = f"unknown config field '{field}'"
   except (flags.Error, TypeError, ValueError) as error:  # The config file loaded above.
     problem = str(error)
-  print(f"{program}: error: {problem}; config fields are listed in the README, flags in "
-        "--helpfull.", file=sys.stderr)
+  print(f"{program}: error: {problem}; config fields are listed in docs/configuration.md, flags "
+        "in --helpfull.", file=sys.stderr)
   sys.exit(EXIT_CODE_BAD_INPUT)
 
 

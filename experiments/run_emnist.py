@@ -4,12 +4,12 @@
         --experiment_name=demo
 
 Any config field can be overridden, e.g. `--config.training.total_rounds=20`. Writes
-`ROOT/NAME/config.json` and checkpoints under `ROOT/NAME/checkpoints/` after every round (see the
-README). It is a thin shell over the Python API (`tff_resume.Run`). Exit status: 0 done (or already
-complete), 2 bad input (one line on stderr, nothing changed), 74 a write failed (the last saved version
-is intact), 75 stopped by SIGINT/SIGTERM after saving the last completed round, the run folder is in
-use, or a TFF worker of `runtime.workers` is down or failed mid-round (run the same command again to
-resume).
+`ROOT/NAME/config.json` and checkpoints under `ROOT/NAME/checkpoints/` after every round (see
+docs/getting-started.md). It is a thin shell over the Python API (`tff_resume.Run`). Exit status: 0
+done (or already complete), 2 bad input (one line on stderr, nothing changed), 74 a write failed (the
+last saved version is intact), 75 stopped by SIGINT/SIGTERM after saving the last completed round,
+the run folder is in use, or a TFF worker of `runtime.workers` is down or failed mid-round (run the
+same command again to resume; docs/troubleshooting.md lists each error).
 """
 
 import sys

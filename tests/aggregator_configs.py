@@ -1,5 +1,5 @@
 """The aggregators that draw random numbers, as config overrides: the configs every reproducibility
-test runs (the README's table names the same four)."""
+test runs (docs/resuming.md's table of random draws names the same four)."""
 
 RANDOM_AGGREGATORS = {
     "compression": {"aggregator.name": "compression"},

@@ -16,10 +16,10 @@ import tensorflow_federated as tff
 from configs import demo
 from tff_resume.data import preprocessing
 from tff_resume.learning import algorithms
-from tff_resume.storage import checkpointing
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint
 from tff_resume.runtime import local_worker
+from tff_resume.storage import checkpointing
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ADAM_FEDPROX = ("--config.algorithm.name=fedprox", "--config.algorithm.proximal_strength=0.5",

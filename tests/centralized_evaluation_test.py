@@ -23,14 +23,14 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from configs import demo
 from tests import smoke_runs
+from tff_resume.analysis import global_model
+from tff_resume.analysis import status as status_lib
 from tff_resume.data import preprocessing
 from tff_resume.data import synthetic
 from tff_resume.learning import models
 from tff_resume.program import centralized_evaluation
 from tff_resume.program import experiment
 from tff_resume.program import fingerprint
-from tff_resume.analysis import global_model
-from tff_resume.analysis import status as status_lib
 
 _ROUNDS = 2
 _TEST_CLIENTS = 6

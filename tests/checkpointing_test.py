@@ -16,8 +16,8 @@ from tff_resume.data import synthetic
 from tff_resume.learning import algorithms
 from tff_resume.learning import models
 from tff_resume.learning import sampling
-from tff_resume.storage import checkpointing
 from tff_resume.runtime import local_worker
+from tff_resume.storage import checkpointing
 
 
 def _state(value):

@@ -15,9 +15,9 @@ from absl.testing import absltest
 from experiments import chaos
 from experiments import tensorboard_server
 from tff_resume.releases import metrics_release
+from tff_resume.runtime import fault_hooks
 from tff_resume.storage import paths
 from tff_resume.storage import run_lock
-from tff_resume.runtime import fault_hooks
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = 20

@@ -18,11 +18,11 @@ import numpy as np
 
 from experiments import chaos
 from tests import smoke_runs
+from tff_resume.analysis import global_model
 from tff_resume.data import synthetic
 from tff_resume.learning import models
 from tff_resume.releases import bookkeeping
 from tff_resume.storage import checkpointing
-from tff_resume.analysis import global_model
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CUSTOM = "experiments.custom_model:create_model"

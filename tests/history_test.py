@@ -9,6 +9,7 @@ from absl.testing import absltest
 import numpy as np
 
 from tff_resume.releases import bookkeeping
+from tff_resume.releases import release_managers
 from tff_resume.storage import checkpointing
 from tff_resume.storage import history
 from tff_resume.storage import paths as paths_lib
@@ -103,7 +104,7 @@ class FixedSizeVersionTest(absltest.TestCase):
                                     library_versions={}, total_rounds=10**5,
                                     rounds_done=rounds_before, history_sha256=chain)
       book = bookkeeping.Bookkeeping(paths, manager, record, run_history, lambda client_id: 7,
-                                     {"model.name": "linear"})
+                                     release_managers.for_run(paths, {"model.name": "linear"}))
       book.record_round(rounds_before + 1, *_round(rounds_before + 1))
       bookkeeping.save_checkpoint(manager, state, record, "0" * 64)
       book.close()

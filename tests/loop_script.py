@@ -4,8 +4,10 @@ loop_test): FedAvg with an Adam server of a 4-feature linear model on 8 clients 
     python tests/loop_script.py RUN_DIR TOTAL_ROUNDS {learning,iterative}
 
 `iterative` wraps the same process as a plain `tff.templates.IterativeProcess` whose `next` returns
-(state, metrics), with a function from state to model weights. The last line printed is the result
-as JSON: the last metrics and the process ids of this program's children still running.
+(state, metrics), with a function from state to model weights, and releases the metrics to a
+release manager of its own besides ours. The last line printed is the result as JSON: the last
+metrics, the process ids of this program's children still running and the rounds the own release
+manager got (with the number of metrics each).
 """
 
 import collections
@@ -59,19 +61,35 @@ def _as_iterative(process):
   return tff.templates.IterativeProcess(process.initialize, next_fn)
 
 
+class _Collected(tff.program.ReleaseManager):
+  """Keeps (round, number of metrics) of every release."""
+
+  def __init__(self):
+    self.released = []
+
+  async def release(self, value, key) -> None:
+    self.released.append([key, len(value)])
+
+
 def main(run_dir: str, total_rounds: int, kind: str) -> None:
   process = tff.learning.algorithms.build_weighted_fed_avg(
       _model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
       server_optimizer_fn=tff.learning.optimizers.build_adam(learning_rate=0.05))
   options = {"aggregator": tff.aggregators.MeanFactory()}
+  collected = _Collected()
   if kind == "iterative":
-    options = {"model_weights_fn": lambda state: state.global_model_weights}
+    options = {"model_weights_fn": lambda state: state.global_model_weights,
+               "release_managers": [
+                   tff_resume.TensorBoardReleaseManager(run_dir),
+                   tff_resume.CsvReleaseManager(os.path.join(run_dir, "results", "metrics.csv")),
+                   collected]}
     process = _as_iterative(process)
-  loop = tff_resume.ResumableLoop(process, _client_data(), run_dir=run_dir, clients_per_round=3,
-                                  seed=7, preprocess=_preprocess, **options)
+  source = tff_resume.SeededClientsDataSource("train", _client_data(), seed=7,
+                                              preprocess=_preprocess)
+  loop = tff_resume.ResumableLoop(process, source, run_dir=run_dir, clients_per_round=3, **options)
   metrics = loop.train(total_rounds)
   children = [pid for pid in os.listdir("/proc") if pid.isdigit() and _parent(pid) == os.getpid()]
-  print(json.dumps({"metrics": metrics, "children": children}))
+  print(json.dumps({"metrics": metrics, "children": children, "released": collected.released}))
 
 
 def _parent(pid: str) -> int | None:

@@ -52,7 +52,13 @@ class ResumableLoopTest(absltest.TestCase):
     status, stdout, stderr = _run(resumed, "iterative")
     self.assertEqual(status, 0, stderr)
     self.assertIn(f"Resuming {resumed} from version 2 (1 round to redo), up to round 4.", stdout)
-    self.assertEqual(json.loads(stdout.splitlines()[-1])["children"], [])
+    result = json.loads(stdout.splitlines()[-1])
+    self.assertEqual(result["children"], [])
+    # A release manager of the user's own gets every round this start trained, each metric.
+    metric_names = len(_math([result["metrics"]], ())[0])
+    self.assertEqual(result["released"], [[3, metric_names], [4, metric_names]])
+    with open(os.path.join(resumed, "results", "metrics.csv")) as csv_file:
+      self.assertEqual([line.split(",")[0] for line in csv_file], ["round", "1", "2", "3", "4"])
 
     expected, got = _record(straight), _record(resumed)
     self.assertLen(got["sampled_clients"], _ROUNDS)

@@ -5,6 +5,7 @@ import os
 from absl.testing import absltest
 
 from tff_resume.releases import metrics_release
+from tff_resume.releases import release_managers
 
 
 class TensorBoardScalarsTest(absltest.TestCase):
@@ -70,14 +71,17 @@ class PrepareLogdirTest(absltest.TestCase):
     self.assertEqual(os.listdir(run_dir), [event_file])
 
 
-class WriteMetricsCsvTest(absltest.TestCase):
+class CsvReleaseManagerTest(absltest.TestCase):
+  """The CSV as a run releases it: rewritten from the history at a start, then a row a round."""
 
-  def test_one_row_per_round_and_a_rewrite_drops_redone_rounds(self):
+  def test_one_row_per_round_and_a_restart_drops_redone_rounds(self):
     path = self.create_tempdir().full_path + "/results/metrics.csv"
-    metrics_release.write_metrics_csv(path, lambda: iter([
-        {"loss": 2.5, "bits": 10}, {"loss": 1.25, "bits": 20}, {"loss": 9.0, "bits": 30}]))
-    rounds = [{"loss": 2.5, "bits": 10}, {"loss": 1.25, "bits": 20, "accuracy": 0.5}]
-    metrics_release.write_metrics_csv(path, lambda: iter(rounds))
+    rounds = [{"loss": 2.5, "bits": 10}, {"loss": 1.25, "bits": 20}, {"loss": 9.0, "bits": 30}]
+    history = lambda last: iter(rounds[:last])
+    table = release_managers.CsvReleaseManager(path)
+    table.start(4, history)
+    rounds[1:] = [{"loss": 1.25, "bits": 20, "accuracy": 0.5}]
+    table.start(3, history)
     with open(path) as csv_file:
       self.assertEqual(csv_file.read(), "round,loss,bits,accuracy\n1,2.5,10,\n2,1.25,20,0.5\n")
     self.assertEqual(os.listdir(os.path.dirname(path)), ["metrics.csv"])
@@ -85,20 +89,20 @@ class WriteMetricsCsvTest(absltest.TestCase):
   def test_rounds_append_rows_and_a_new_metric_rewrites_the_header(self):
     path = self.create_tempdir().full_path + "/results/metrics.csv"
     rounds = [{"loss": 2.5, "bits": 10}]
-    table = metrics_release.MetricsCsv(path)
-    table.rewrite(lambda: iter(rounds))
+    history = lambda last: iter(rounds[:last])
+    table = release_managers.CsvReleaseManager(path)
+    table.start(2, history)
     rounds.append({"loss": 1.5, "bits": 20})
-    table.append(2, rounds[-1], lambda: iter(rounds))
+    table.release_round(2, rounds[-1])
     with open(path) as csv_file:
       self.assertEqual(csv_file.read(), "round,loss,bits\n1,2.5,10\n2,1.5,20\n")
     rounds.append({"loss": 1.25, "bits": 30, "accuracy": 0.75})
-    table.append(3, rounds[-1], lambda: iter(rounds))
+    table.release_round(3, rounds[-1])
     rounds.append({"loss": 1.0, "bits": 40})
-    table.append(4, rounds[-1], lambda: iter(rounds))
+    table.release_round(4, rounds[-1])
     with open(path) as csv_file:
       self.assertEqual(csv_file.read(), "round,loss,bits,accuracy\n1,2.5,10,\n2,1.5,20,\n"
                                         "3,1.25,30,0.75\n4,1.0,40,\n")
-    self.assertEqual(os.listdir(os.path.dirname(path)), ["metrics.csv"])
 
 
 if __name__ == "__main__":

@@ -79,8 +79,8 @@ class BadInputTest(absltest.TestCase):
 
   def test_unknown_config_field(self):
     self._assert_refused(
-        "run_emnist: error: unknown config field 'rounds'; config fields are listed in the "
-        "README, flags in --helpfull.", "--config.training.rounds=3")
+        "run_emnist: error: unknown config field 'rounds'; config fields are listed in "
+        "docs/configuration.md, flags in --helpfull.", "--config.training.rounds=3")
 
   def test_unknown_preset(self):
     self._assert_refused(

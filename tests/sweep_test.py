@@ -1,7 +1,7 @@
 """A 2x2 study through `python -m experiments.sweep` with 2 jobs: SIGKILLed (its process group)
 mid-way, run again, it ends with every run equal to the same config run alone by the runner, a summary
 of the four runs whose means and spreads are those of the runs' metrics.csv, and no process left; the
-grid a field left unused collapses, as the README's example says."""
+grid a field left unused collapses, as docs/studies.md's example says."""
 
 import concurrent.futures
 import csv

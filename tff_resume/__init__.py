@@ -1,6 +1,6 @@
 """tff_resume: federated-learning experiments on TensorFlow Federated that survive interruption.
 
-The Python API (see the README):
+The Python API (see docs/python-api.md):
 
     import tff_resume
     config = tff_resume.load_config("configs/demo.py:smoke", {"training.total_rounds": 4})
@@ -8,8 +8,8 @@ The Python API (see the README):
     metrics = run.train()    # trains or resumes in this process
     run.status()             # what `tff-resume status --json` prints
 
-    loop = tff_resume.ResumableLoop(my_process, my_client_data, run_dir="runs/mine",
-                                    clients_per_round=10, seed=0)
+    source = tff_resume.SeededClientsDataSource("train", my_client_data, seed=0)
+    loop = tff_resume.ResumableLoop(my_process, source, run_dir="runs/mine", clients_per_round=10)
     loop.train(total_rounds=100)
 
 In a TFF program (`tff.learning.programs.train_model`, experiments/tff_program.py):

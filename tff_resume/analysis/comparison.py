@@ -14,8 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from tff_resume.storage import paths as paths_lib
 from tff_resume.releases import units
+from tff_resume.storage import paths as paths_lib
 
 TRAIN_ACCURACY = "client_work/train/sparse_categorical_accuracy"
 EVAL_ACCURACY = "evaluation/sparse_categorical_accuracy"
@@ -41,6 +41,7 @@ class RunSummary:
 
 
 def read_rows(run_dir: str) -> list[dict[str, str]]:
+  """The rows of a run's `results/metrics.csv`; raises RunNotFoundError when it has none."""
   path = paths_lib.RunPaths.from_run_dir(run_dir).metrics_csv
   if not os.path.isfile(path):
     raise RunNotFoundError(f"{path} not found: is {run_dir} a run folder of experiments.run_emnist?")

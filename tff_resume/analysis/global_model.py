@@ -25,8 +25,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_resume.learning import models
-from tff_resume.storage import atomic_files
 from tff_resume.releases import bookkeeping
+from tff_resume.storage import atomic_files
 from tff_resume.storage import checkpointing
 from tff_resume.storage import paths as paths_lib
 

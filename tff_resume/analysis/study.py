@@ -16,10 +16,10 @@ import re
 import statistics
 from typing import Any, Sequence
 
-from tff_resume.storage import atomic_files
 from tff_resume.analysis import comparison
 from tff_resume.program import fingerprint
 from tff_resume.releases import units
+from tff_resume.storage import atomic_files
 
 PLAN_FILE = "study.json"
 SUMMARY_FOLDER = "study_summary"
@@ -33,6 +33,7 @@ class GridError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PlannedRun:
+  """One run of a study: its name and the swept fields' values it overrides."""
   name: str
   overrides: dict[str, Any]  # dotted field -> value, for the swept fields that apply to the run
 
@@ -133,6 +134,7 @@ def write_plan(root: str, config_spec: str, base_overrides: Sequence[str],
 
 
 def read_plan(root: str) -> dict[str, Any]:
+  """The study's plan (`ROOT/study.json`) as written by the sweep."""
   with open(os.path.join(root, PLAN_FILE)) as plan:
     return json.load(plan)
 

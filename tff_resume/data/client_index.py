@@ -72,6 +72,7 @@ def added_index_bytes(path: str) -> int:
 
 
 def index_command(path: str) -> str:
+  """The `tff-resume data index` command that adds the index to the file at `path`."""
   return f"tff-resume data index --cache_dir {os.path.dirname(path) or '.'}"
 
 

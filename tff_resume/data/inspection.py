@@ -58,11 +58,13 @@ def summarize(clients: Iterable[tuple[str, np.ndarray]]) -> DatasetSummary:
 
 def labels_from_arrays(
     arrays: Mapping[str, Mapping[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields each client's labels from arrays keyed by client id (as `synthetic_arrays` returns)."""
   for client_id, examples in arrays.items():
     yield client_id, examples["label"]
 
 
 def labels_from_leaf(leaf_dir: str, split: str) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields each writer's labels of one split (`train` or `test`) of a LEAF FEMNIST folder."""
   for records in leaf.iter_leaf_split(leaf_dir, split):
     yield records.writer, records.labels
 

@@ -168,6 +168,8 @@ class SyntheticClientData(tff.simulation.datasets.ClientData):
     return arrays
 
   def create_tf_dataset_for_client(self, client_id: str) -> tf.data.Dataset:
+    """The writer's examples (`pixels`, `label`) as a `tf.data.Dataset`, drawn when first asked
+    for."""
     return tf.data.Dataset.from_tensor_slices(self.client_arrays(client_id))
 
   @property

@@ -8,7 +8,7 @@ seeded initial weights into the server state so every process starts from the sa
 Clients train with TFF's `DATASET_ITERATOR` loop (a `tf.while_loop` over the dataset's iterator)
 rather than its default `DATASET_REDUCE` (the `DatasetReduce` op). Both run the same kernels in the
 same order, so the weights are bit-identical (tested), but the step inside `DatasetReduce` runs as a
-tf.data function and took 1.2-1.4x as long per round here (see the README's benchmark section).
+tf.data function and took 1.2-1.4x as long per round here (see docs/benchmarks.md).
 """
 
 import dataclasses
@@ -63,6 +63,7 @@ class ServerOptimizerSpec:
                        f"{self.initial_preconditioner_value}.")
 
   def build(self) -> tff.learning.optimizers.Optimizer:
+    """The TFF server optimizer these settings name (validated first)."""
     self.validate()
     rate = self.learning_rate
     if self.name == "adam":

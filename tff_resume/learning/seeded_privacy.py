@@ -51,9 +51,11 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
                              tf.constant(self._seed, tf.int64) if seed is None else seed)
 
   def next_seed(self, global_state) -> tf.Tensor:
+    """The seed the next round's noise is drawn from."""
     return split_seed(global_state.seed, 2)[-1]
 
   def get_noised_result(self, sample_state, global_state):
+    """The sum plus Gaussian noise drawn from the state's seed; the state carries the next seed."""
     tensors = tf.nest.flatten(sample_state)
     seeds = split_seed(global_state.seed, len(tensors) + 1)
     noised = [tensor + tf.cast(tf.random.stateless_normal(tf.shape(tensor), seed=seed,
@@ -94,6 +96,7 @@ class SeededQuantileAdaptiveClipSumQuery(tfp.QuantileAdaptiveClipSumQuery):
         expected_num_records, True, seed=count_seed)
 
   def get_noised_result(self, sample_state, global_state):
+    """The base query's result, with the sum query's seed advanced in the new state."""
     # The base class rebuilds the sum's state for the new clip norm; carry its advanced seed over.
     result, new_state, event = super().get_noised_result(sample_state, global_state)
     seed = self._sum_query.next_seed(global_state.sum_state)

@@ -89,6 +89,7 @@ class SeededHadamardTransformFactory(tff.aggregators.HadamardTransformFactory):
     self._seed = seed
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
+    """TFF's Hadamard transform process for `value_type`, its rotation seed started from ours."""
     process = super().create(value_type)
     state_type = process.initialize.type_signature.result.member
     seed = self._seed

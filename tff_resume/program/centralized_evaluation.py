@@ -24,9 +24,9 @@ from typing import Callable, Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_resume.analysis import global_model
 from tff_resume.data import preprocessing
 from tff_resume.learning import models
-from tff_resume.analysis import global_model
 
 BATCH_SIZE = 1000  # Examples per batch: large, so a pass costs few model calls.
 

@@ -1,7 +1,8 @@
 """Builds a FedAvg-on-EMNIST experiment from a configuration (an `ml_collections.ConfigDict`).
 
 `run.Run` calls these in a fixed order: validate, data, aggregator, process (when a start trains),
-evaluation. Nothing here reads flags. Configuration sections and fields are documented in the README.
+evaluation. Nothing here reads flags. Configuration sections and fields are documented in
+docs/configuration.md.
 """
 
 import math
@@ -10,6 +11,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_resume.analysis import global_model
 from tff_resume.data import emnist
 from tff_resume.data import preprocessing
 from tff_resume.data import synthetic
@@ -18,13 +20,12 @@ from tff_resume.learning import algorithms
 from tff_resume.learning import models
 from tff_resume.learning import privacy_accounting
 from tff_resume.program import centralized_evaluation
-from tff_resume.storage import checkpointing
 from tff_resume.program import config_files
 from tff_resume.program import fingerprint
-from tff_resume.analysis import global_model
 from tff_resume.program import loop
 from tff_resume.program import training
 from tff_resume.runtime import workers
+from tff_resume.storage import checkpointing
 
 DATA_SOURCES = ("emnist", "synthetic")
 EVALUATION_MODES = ("federated", "centralized")
@@ -39,10 +40,12 @@ def _require(condition: bool, field: str, message: str) -> None:
 
 
 def num_classes(config) -> int:
+  """10 classes for digits-only data (`data.only_digits`), else 62."""
   return 10 if config.data.only_digits else 62
 
 
 def synthetic_spec(config) -> synthetic.SyntheticSpec:
+  """The synthetic data's settings from the config's `data` section."""
   fields = config.data.synthetic
   return synthetic.SyntheticSpec(
       num_clients=fields.num_clients, min_examples_per_client=fields.min_examples_per_client,
@@ -52,10 +55,12 @@ def synthetic_spec(config) -> synthetic.SyntheticSpec:
 
 
 def evaluation_mode(config) -> str:
+  """`evaluation.mode`, or `federated` for configs written before the field."""
   return config.evaluation.get("mode", "federated")  # Configs written before the field: federated.
 
 
 def preprocess_spec(config) -> preprocessing.PreprocessSpec:
+  """The client pipeline's settings from the config's `client` section and model."""
   return preprocessing.PreprocessSpec(
       epochs=config.client.epochs, batch_size=config.client.batch_size,
       shuffle_buffer=config.client.shuffle_buffer,
@@ -64,6 +69,7 @@ def preprocess_spec(config) -> preprocessing.PreprocessSpec:
 
 
 def aggregator_spec(config) -> aggregators.AggregatorSpec:
+  """The aggregator's settings from the config, with its seed derived from the run's seeds."""
   quantize = config.aggregator.quantize
   return aggregators.AggregatorSpec(
       name=config.aggregator.name, bits=quantize.bits, threshold=quantize.threshold,
@@ -126,9 +132,9 @@ def validate(config) -> None:
     raise ConfigError(f"config: {error}") from None
 
 
-def runtime_settings(config) -> dict[str, Any]:
-  """`ResumableLoop`'s `workers`, `num_subrounds`, `worker_timeout_seconds` and `tls_dir` from
-  `config.runtime` (a local worker, not split, where a config has no runtime section); raises
+def runtime_settings(config, verbose: bool = False) -> loop.Runtime:
+  """`ResumableLoop`'s `runtime` from `config.runtime` (a local worker, not split, where a config
+  has no runtime section; `verbose` lets the worker print); raises
   ConfigError for a malformed address, or a TLS folder without workers (its files are checked
   when the run connects, before anything is written)."""
   runtime = config.get("runtime") or {}
@@ -140,10 +146,10 @@ def runtime_settings(config) -> dict[str, Any]:
   if tls_dir:
     _require(bool(addresses), "runtime.tls_dir",
              "applies to runtime.workers, which is empty (the local worker needs no TLS).")
-  return {"workers": addresses, "num_subrounds": runtime.get("num_subrounds", 0),
-          "worker_timeout_seconds": runtime.get("connect_timeout_seconds",
-                                                workers.CONNECT_TIMEOUT_SECONDS),
-          "tls_dir": tls_dir}
+  return loop.Runtime(workers=tuple(addresses), num_subrounds=runtime.get("num_subrounds", 0),
+                      connect_timeout_seconds=runtime.get("connect_timeout_seconds",
+                                                          workers.CONNECT_TIMEOUT_SECONDS),
+                      tls_dir=tls_dir, verbose=verbose)
 
 
 def load_data(config):
@@ -163,6 +169,7 @@ def client_examples(config, train_data):
 
 
 def check_population(config, train) -> None:
+  """Raises ConfigError when `training.clients_per_round` exceeds the training clients."""
   population = len(train.client_ids)
   _require(config.training.clients_per_round <= population, "training.clients_per_round",
            f"is {config.training.clients_per_round}, above the {population} training clients.")

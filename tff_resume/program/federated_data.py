@@ -48,7 +48,7 @@ class SeededClientsIterator(tff.program.FederatedDataSourceIterator):
     if k is None:
       raise ValueError("select(k): give the number of clients a round (train_per_round_clients).")
     round_num = self.next_round
-    client_ids = sampling.sample_clients(self._source.client_ids, k, self._source.seed, round_num)
+    client_ids = self._source.sample(round_num, k)
     self.next_round += 1
     self.selected.append((round_num, client_ids))
     if self._source.on_select is not None:
@@ -56,6 +56,7 @@ class SeededClientsIterator(tff.program.FederatedDataSourceIterator):
     return [self._source.dataset(round_num, client_id) for client_id in client_ids]
 
   def to_bytes(self) -> bytes:
+    """Its position as a few bytes of JSON: source name, seed, population hash, next round."""
     return json.dumps({"source": self._source.name, "seed": self._source.seed,
                        "population_sha256": self._source.population_sha256,
                        "next_round": self.next_round}, sort_keys=True).encode()
@@ -114,18 +115,28 @@ class SeededClientsDataSource(tff.program.FederatedDataSource):
     self.population_sha256 = _population_sha256(self.client_ids)
     self.on_select = on_select
     self._preprocess = preprocess
-    element_spec = self.dataset(1, self.client_ids[0]).element_spec
-    self._federated_type = tff.FederatedType(
-        tff.SequenceType(computation_types.tensorflow_to_type(element_spec)), tff.CLIENTS)
+    self._federated_type = None
     _SOURCES[name] = self
 
+  def sample(self, round_num: int, clients_per_round: int) -> list[str]:
+    """The client ids of round `round_num`, in sampled order: a pure function of (seed, round,
+    population), drawn without replacement."""
+    return sampling.sample_clients(self.client_ids, clients_per_round, self.seed, round_num)
+
   def dataset(self, round_num: int, client_id: str) -> tf.data.Dataset:
+    """The dataset of `client_id` in round `round_num`, preprocessed when a `preprocess` was
+    given."""
     dataset = self.client_data.create_tf_dataset_for_client(client_id)
     return dataset if self._preprocess is None else self._preprocess(dataset, round_num, client_id)
 
   @property
   def federated_type(self) -> tff.FederatedType:
+    if self._federated_type is None:  # Built on first use: a run that trains nothing reads no data.
+      element_spec = self.dataset(1, self.client_ids[0]).element_spec
+      self._federated_type = tff.FederatedType(
+          tff.SequenceType(computation_types.tensorflow_to_type(element_spec)), tff.CLIENTS)
     return self._federated_type
 
   def iterator(self) -> SeededClientsIterator:
+    """A new iterator over the rounds' seeded client samples, starting at round 1."""
     return SeededClientsIterator(self)

@@ -17,9 +17,9 @@ so those runs keep their fingerprints and can still be resumed.
 import os
 from typing import Any, Mapping
 
+from tff_resume.analysis import global_model
 from tff_resume.data import client_index
 from tff_resume.data import emnist
-from tff_resume.analysis import global_model
 
 MATH_SECTIONS = ("algorithm", "data", "model", "client", "server", "aggregator")
 MATH_TRAINING_FIELDS = ("clients_per_round", "seed")

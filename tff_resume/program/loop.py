@@ -1,19 +1,25 @@
 """`ResumableLoop`: any TFF learning process, trained round by round so that it survives interruption.
 
-    loop = tff_resume.ResumableLoop(process, client_data, run_dir="runs/mine", clients_per_round=10,
-                                    seed=0)
+    source = tff_resume.SeededClientsDataSource("train", client_data, seed=0)
+    loop = tff_resume.ResumableLoop(process, source, run_dir="runs/mine", clients_per_round=10)
     metrics = loop.train(total_rounds=100)   # kill it anywhere; train() again continues
 
-Each round samples its clients from `client_data` with the seeded sampler (`sampling.sample_clients`:
-a pure function of the seed, the round and the client ids), runs `process.next`, records the clients
-and metrics (history, TensorBoard, `results/metrics.csv`, participation), and saves the server state
-with the run record as one checkpoint version. A later `train()` in any process resumes from the
-newest good version and gives bit-identical weights, clients and metrics to a run never interrupted.
-It takes the run folder's lock, refuses a run whose fingerprint differs, and owns the TFF worker it
-starts. The EMNIST runner (`run.Run`, `experiments/run_emnist.py`) is built on it.
+The loop is composed from the objects TFF's program API names: a `tff.program.FederatedDataSource`
+(`federated_data.SeededClientsDataSource`: each round's clients from the seeded sampler, a pure
+function of the seed, the round and the client ids), a `tff.program.ProgramStateManager`
+(`checkpointing.DurableProgramStateManager`: atomic, checksummed versions in `run_dir/checkpoints`)
+and `tff.program.ReleaseManager`s (`release_managers.TensorBoardReleaseManager` and
+`CsvReleaseManager` by default, any other ReleaseManager besides). Each round runs `process.next` on
+the source's clients, records the clients and metrics (history, every release manager,
+participation), and saves the server state with the run record as one version. A later `train()` in
+any process resumes from the newest good version and gives bit-identical weights, clients and
+metrics to a run never interrupted. It takes the run folder's lock, refuses a run whose fingerprint
+differs, and owns the TFF worker it starts. The EMNIST runner (`run.Run`,
+`experiments/run_emnist.py`) builds these objects from its config.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import sys
@@ -25,23 +31,24 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_resume.analysis import global_model
 from tff_resume.learning import accounting
 from tff_resume.learning import privacy_accounting
-from tff_resume.learning import sampling
-from tff_resume.storage import atomic_files
-from tff_resume.releases import bookkeeping
-from tff_resume.storage import checkpointing
+from tff_resume.program import federated_data
 from tff_resume.program import fingerprint as fingerprint_lib
-from tff_resume.analysis import global_model
-from tff_resume.storage import paths as paths_lib
-from tff_resume.storage import run_lock
-from tff_resume.storage import run_record
 from tff_resume.program import training
+from tff_resume.releases import bookkeeping
+from tff_resume.releases import release_managers as release_managers_lib
 from tff_resume.releases import units
 from tff_resume.runtime import fault_hooks
 from tff_resume.runtime import network_isolation
 from tff_resume.runtime import signals
 from tff_resume.runtime import workers as workers_lib
+from tff_resume.storage import atomic_files
+from tff_resume.storage import checkpointing
+from tff_resume.storage import paths as paths_lib
+from tff_resume.storage import run_lock
+from tff_resume.storage import run_record
 
 
 class RunFolderError(ValueError):
@@ -50,6 +57,30 @@ class RunFolderError(ValueError):
 
 class VersionVanishedError(Exception):
   """A checkpoint version was removed by something else between listing and loading it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+  """Where a loop's rounds compute (the config's `runtime` section).
+
+  Attributes:
+    workers: `host:port` of `tff-resume worker`s to compute on; empty: a local worker.
+    num_subrounds: split each round's clients, in sampled order, into this many groups whose partial
+      aggregates are merged in order (0: not split); results depend on it, not on the workers, and
+      it is in the default fingerprint.
+    connect_timeout_seconds: how long a start waits for each of `workers` to answer.
+    tls_dir: connect to `workers` over mutual TLS with this folder's CA and runner pair
+      (`tff-resume certs`); None connects without TLS.
+    start_worker: start a TFF worker (or connect to `workers`) for each `train`, and stop it after;
+      False uses the execution context already installed.
+    verbose: let the worker print.
+  """
+  workers: Sequence[str] = ()
+  num_subrounds: int = 0
+  connect_timeout_seconds: float = workers_lib.CONNECT_TIMEOUT_SECONDS
+  tls_dir: str | None = None
+  start_worker: bool = True
+  verbose: bool = False
 
 
 def default_fingerprint(process, client_ids, clients_per_round: int, seed: int,
@@ -129,23 +160,19 @@ def _own_worker(verbose: bool, addresses: Sequence[str], num_subrounds: int,
 class ResumableLoop:
   """Trains a TFF learning process durably in `run_dir` (see the module docstring)."""
 
-  def __init__(self, process, client_data, *, run_dir: str, clients_per_round: int,
-               seed: int = 0,
-               preprocess: Callable[[tf.data.Dataset, int, str], tf.data.Dataset] | None = None,
+  def __init__(self, process, data_source: federated_data.SeededClientsDataSource, *,
+               run_dir: str, clients_per_round: int,
+               state_manager: checkpointing.DurableProgramStateManager | None = None,
+               release_managers: Sequence[tff.program.ReleaseManager] | None = None,
                initial_state: Any = None, model_weights_fn: Callable[[Any], Any] | None = None,
                aggregator: Any = None,
                privacy: privacy_accounting.PrivacyAccountant | None = None,
                evaluate: Callable[[Any], Mapping[str, Any]] | None = None,
-               rounds_per_eval: int = 0, rounds_per_checkpoint: int = 1, keep_total: int = 5,
-               keep_first: bool = True, keep_every_k: int = 1,
+               rounds_per_eval: int = 0, rounds_per_checkpoint: int = 1,
                fingerprint: Mapping[str, Any] | None = None,
-               hyperparameters: Mapping[str, Any] | None = None,
                config: Mapping[str, Any] | None = None,
                client_examples: Callable[[str], int] | None = None,
-               seeds: Mapping[str, int] | None = None, start_worker: bool = True,
-               workers: Sequence[str] = (), num_subrounds: int = 0,
-               worker_timeout_seconds: float = workers_lib.CONNECT_TIMEOUT_SECONDS,
-               tls_dir: str | None = None, verbose: bool = False):
+               seeds: Mapping[str, int] | None = None, runtime: Runtime = Runtime()):
     """Describes the run; nothing is read or written before `train`.
 
     Args:
@@ -154,12 +181,21 @@ class ResumableLoop:
         `model_weights_fn`, or the whole state is hashed); or a function returning one, called
         only when a start trains (a refused or complete run then builds nothing; give
         `fingerprint`).
-      client_data: a `tff.simulation.datasets.ClientData`: its `client_ids` are sampled from.
+      data_source: a `federated_data.SeededClientsDataSource`: round r trains on
+        `data_source.sample(r, clients_per_round)`, each client's `data_source.dataset(r, id)`. Its
+        preprocessing must depend on nothing but (dataset, round, client) for resume to be
+        bit-identical.
       run_dir: the run's folder (created; checkpoints, history, TensorBoard and results go there).
       clients_per_round: clients sampled each round, without replacement.
-      seed: the sampling seed (and the one passed to `preprocess`, through the round).
-      preprocess: (dataset, round, client id) -> the client's training dataset for that round;
-        default the dataset as it is. It must depend on nothing else for resume to be bit-identical.
+      state_manager: a `checkpointing.DurableProgramStateManager` on `run_dir/checkpoints` (to set
+        its retention: `keep_total`, `keep_first`, `keep_every_k`); default one with TFF's default
+        retention.
+      release_managers: `tff.program.ReleaseManager`s that get each round's metrics (name ->
+        number), keyed by the round. Ours (`release_managers.TensorBoardReleaseManager`,
+        `CsvReleaseManager`) are cut back to the version resumed at every start and rewritten from
+        the history when damaged; any other gets each round once per start that trains it (so a
+        redone round again). Default: TensorBoard events in `run_dir` (with the fingerprint as
+        hyperparameters) and `run_dir/results/metrics.csv`.
       initial_state: the state before round 1, or a function of the process returning it; default
         `process.initialize()`.
       model_weights_fn: state -> `tff.learning.models.ModelWeights` (or a list of arrays): what
@@ -172,46 +208,57 @@ class ResumableLoop:
         only after the last) and after the last round.
       rounds_per_eval: see `evaluate`.
       rounds_per_checkpoint: save every this many rounds (always after the last, and on a stop).
-      keep_total, keep_first, keep_every_k: checkpoint retention (see `checkpointing`).
       fingerprint: the fields that change the math; a resume with other values is refused. Default
         `default_fingerprint(...)`.
-      hyperparameters: shown in TensorBoard's HParams dashboard; default the fingerprint.
       config: saved as `config.json` at every start (for the user; never read back to train).
       client_examples: client id -> its examples, for `results/participation.sqlite`; default the
-        size of its dataset in `client_data`.
-      seeds: recorded in the run record, by purpose; default {"training": seed}.
-      start_worker: start a TFF worker of the loop's own for each `train` (and stop it after);
-        False uses the execution context already installed.
-      workers: `host:port` of `tff-resume worker`s to compute on instead of a local worker.
-      num_subrounds: split each round's clients, in sampled order, into this many groups whose
-        partial aggregates are merged in order (0: not split); results depend on it, not on the
-        workers, and it is in the default fingerprint.
-      worker_timeout_seconds: how long a start waits for each of `workers` to answer.
-      tls_dir: connect to `workers` over mutual TLS with this folder's CA and runner pair
-        (`tff-resume certs`); None connects without TLS.
-      verbose: let the worker print.
+        size of its dataset in the data source.
+      seeds: recorded in the run record, by purpose; default {"training": data_source.seed}.
+      runtime: where the rounds compute (`Runtime`); default a local worker of the loop's own.
+
+    Raises:
+      TypeError: `data_source` is not a `SeededClientsDataSource`.
+      ValueError: `state_manager` keeps its versions elsewhere than `run_dir/checkpoints`.
     """
-    self._process, self.client_data = process, client_data
+    if not isinstance(data_source, federated_data.SeededClientsDataSource):
+      raise TypeError(
+          f"ResumableLoop(process, data_source, ...): data_source must be a "
+          f"tff_resume.SeededClientsDataSource, got {type(data_source).__name__}; wrap client data "
+          "as tff_resume.SeededClientsDataSource('train', client_data, seed=0).")
+    self._process, self.data_source = process, data_source
     self._aggregator, self._communication = aggregator, None
     self._privacy = privacy
     self.paths = paths_lib.RunPaths.from_run_dir(run_dir)
-    self.clients_per_round, self.seed = clients_per_round, seed
-    self._preprocess = preprocess
+    self.clients_per_round = clients_per_round
+    if state_manager is None:
+      state_manager = checkpointing.DurableProgramStateManager(self.paths.checkpoints)
+    elif os.path.realpath(state_manager.root_dir) != os.path.realpath(self.paths.checkpoints):
+      raise ValueError(f"state_manager keeps its versions in {state_manager.root_dir}; a loop's "
+                       f"go in {self.paths.checkpoints} (where resume and tff-resume status look): "
+                       "make it on that folder.")
+    self.state_manager = state_manager
     self._initial_state, self._model_weights_fn = initial_state, model_weights_fn
     self._evaluate, self.rounds_per_eval = evaluate, rounds_per_eval
     self.rounds_per_checkpoint = rounds_per_checkpoint
-    self._retention = {"keep_total": keep_total, "keep_first": keep_first,
-                       "keep_every_k": keep_every_k}
+    self.runtime = runtime
     self.fingerprint = dict(fingerprint if fingerprint is not None else default_fingerprint(
-        self.process, client_data.client_ids, clients_per_round, seed, num_subrounds))
-    self._hyperparameters = dict(hyperparameters if hyperparameters is not None
-                                 else {k: str(v) for k, v in self.fingerprint.items()})
+        self.process, data_source.client_ids, clients_per_round, data_source.seed,
+        runtime.num_subrounds))
+    self.release_managers = list(release_managers if release_managers is not None else
+                                 release_managers_lib.for_run(self.paths, {
+                                     k: str(v) for k, v in self.fingerprint.items()}))
     self._config = config
-    self._client_examples = client_examples or counted_examples(client_data)
-    self._seeds = dict(seeds if seeds is not None else {"training": seed})
-    self._start_worker, self._verbose = start_worker, verbose
-    self._workers, self.num_subrounds = tuple(workers), num_subrounds
-    self._worker_timeout_seconds, self._tls_dir = worker_timeout_seconds, tls_dir
+    self._client_examples = client_examples or counted_examples(data_source.client_data)
+    self._seeds = dict(seeds if seeds is not None else {"training": data_source.seed})
+
+  @property
+  def seed(self) -> int:
+    """The sampling seed (the data source's)."""
+    return self.data_source.seed
+
+  @property
+  def num_subrounds(self) -> int:
+    return self.runtime.num_subrounds
 
   @property
   def run_dir(self) -> str:
@@ -231,6 +278,7 @@ class ResumableLoop:
     return self._communication
 
   def model_weights(self, state) -> Any:
+    """The model weights of `state` (`model_weights_fn`, or the learning process's)."""
     if self._model_weights_fn is not None:
       return self._model_weights_fn(state)
     return training.global_model_weights(self.process, state)
@@ -248,16 +296,11 @@ class ResumableLoop:
 
   def select_clients(self, round_num: int) -> list[str]:
     """The clients of round `round_num`: a pure function of (seed, round, client ids)."""
-    return sampling.sample_clients(self.client_data.client_ids, self.clients_per_round, self.seed,
-                                   round_num)
+    return self.data_source.sample(round_num, self.clients_per_round)
 
   def client_datasets(self, round_num: int, client_ids: list[str]) -> list[tf.data.Dataset]:
-    datasets = [self.client_data.create_tf_dataset_for_client(client_id)
-                for client_id in client_ids]
-    if self._preprocess is None:
-      return datasets
-    return [self._preprocess(dataset, round_num, client_id)
-            for dataset, client_id in zip(datasets, client_ids)]
+    """The training datasets of `client_ids` in round `round_num`, in their order."""
+    return [self.data_source.dataset(round_num, client_id) for client_id in client_ids]
 
   def train(self, total_rounds: int, *, stop: signals.StopRequest | None = None
             ) -> dict[str, Any]:
@@ -315,7 +358,7 @@ class ResumableLoop:
 
   def _train_locked(self, total_rounds: int, stop: signals.StopRequest) -> dict[str, Any]:
     paths = self.paths
-    manager = checkpointing.DurableProgramStateManager(paths.checkpoints, **self._retention)
+    manager = self.state_manager
     version = manager.latest_good_version()
     record = metadata = None
     if version is not None:
@@ -329,10 +372,12 @@ class ResumableLoop:
         return dict(record.last_metrics)
     stop.raise_if_requested()
     with contextlib.ExitStack() as stack:
-      if self._start_worker:  # Before any write: a worker that is down or a process TFF cannot
+      runtime = self.runtime
+      if runtime.start_worker:  # Before any write: a worker that is down or a process TFF cannot
         # split into subrounds stops the start with nothing changed.
-        worker = stack.enter_context(_own_worker(self._verbose, self._workers, self.num_subrounds,
-                                                 self._worker_timeout_seconds, self._tls_dir))
+        worker = stack.enter_context(_own_worker(
+            runtime.verbose, tuple(runtime.workers), runtime.num_subrounds,
+            runtime.connect_timeout_seconds, runtime.tls_dir))
         if self.num_subrounds:
           worker.context.form(self.process.next, "the process's round (next)")
         stop.raise_if_requested()
@@ -381,15 +426,15 @@ class ResumableLoop:
   def _run_rounds(self, state, manager, record, history, total_rounds: int,
                   stop: signals.StopRequest, stack: contextlib.ExitStack) -> dict[str, Any]:
     book = bookkeeping.Bookkeeping(self.paths, manager, record, history, self._client_examples,
-                                   self._hyperparameters)
+                                   self.release_managers)
     stack.callback(book.close)
     first_round, started = record.rounds_done + 1, time.monotonic()
     stop.raise_if_requested()
 
     def on_round(result: training.RoundResult) -> None:
-      if result.checkpoint_seconds is not None:
-        book.tensorboard.write_round(result.round_num,
-                                     {"time/checkpoint_seconds": result.checkpoint_seconds})
+      if result.checkpoint_seconds is not None and book.tensorboard is not None:
+        book.tensorboard.release_round(result.round_num,
+                                       {"time/checkpoint_seconds": result.checkpoint_seconds})
       report_round(result, first_round, started)
 
     _, stopped = training.train(

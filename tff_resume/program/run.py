@@ -5,8 +5,9 @@
     metrics = run.train()   # trains or resumes in this process; the last round's metrics
     run.status()            # the dict `tff-resume status --json` prints
 
-`Run.train` builds what the config describes (data, FedAvg process, aggregator, evaluation) and
-trains it with `loop.ResumableLoop`: the same steps, files and results, bit for bit, as
+`Run.train` builds what the config describes (the data source, FedAvg process, aggregator,
+evaluation, the state manager with the config's retention, the TensorBoard and CSV release managers)
+and trains it with `loop.ResumableLoop`: the same steps, files and results, bit for bit, as
 `python -m experiments.run_emnist` with the same config, which is built on it.
 """
 
@@ -14,14 +15,17 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from tff_resume.analysis import status as status_lib
 from tff_resume.program import config_files
 from tff_resume.program import experiment
+from tff_resume.program import federated_data
 from tff_resume.program import fingerprint as fingerprint_lib
 from tff_resume.program import loop as loop_lib
-from tff_resume.storage import paths as paths_lib
-from tff_resume.analysis import status as status_lib
+from tff_resume.releases import release_managers
 from tff_resume.runtime import fault_hooks
 from tff_resume.runtime import signals
+from tff_resume.storage import checkpointing
+from tff_resume.storage import paths as paths_lib
 
 ConfigError = config_files.ConfigError
 load_config = config_files.load_config
@@ -69,21 +73,24 @@ class Run:
     if stop is not None:
       stop.raise_if_requested()
     aggregator = experiment.build_aggregator(config)
+    paths = self.paths
+    checkpoint = config.checkpoint
     return loop_lib.ResumableLoop(
-        lambda: experiment.build_process(config, aggregator), train_data, run_dir=self.run_dir,
-        clients_per_round=config.training.clients_per_round, seed=config.training.seed,
-        preprocess=experiment.preprocess_fn(config),
+        lambda: experiment.build_process(config, aggregator),
+        federated_data.SeededClientsDataSource("train", train_data, config.training.seed,
+                                               experiment.preprocess_fn(config)),
+        run_dir=self.run_dir, clients_per_round=config.training.clients_per_round,
+        state_manager=checkpointing.DurableProgramStateManager(
+            paths.checkpoints, keep_total=checkpoint.keep_total, keep_first=checkpoint.keep_first,
+            keep_every_k=checkpoint.keep_every_k),
+        release_managers=release_managers.for_run(paths, fingerprint_lib.flatten_config(config)),
         initial_state=lambda process: experiment.initial_state(config, process),
         aggregator=aggregator, privacy=experiment.privacy_accountant(config, train_data),
         evaluate=experiment.build_evaluation(config, test_data),
         rounds_per_eval=config.evaluation.rounds_per_eval,
-        rounds_per_checkpoint=config.checkpoint.rounds_per_checkpoint,
-        keep_total=config.checkpoint.keep_total, keep_first=config.checkpoint.keep_first,
-        keep_every_k=config.checkpoint.keep_every_k, fingerprint=fingerprint,
-        hyperparameters=fingerprint_lib.flatten_config(config), config=config.to_dict(),
-        client_examples=experiment.client_examples(config, train_data),
-        seeds=experiment.seeds(config), verbose=self.verbose,
-        **experiment.runtime_settings(config))
+        rounds_per_checkpoint=checkpoint.rounds_per_checkpoint, fingerprint=fingerprint,
+        config=config.to_dict(), client_examples=experiment.client_examples(config, train_data),
+        seeds=experiment.seeds(config), runtime=experiment.runtime_settings(config, self.verbose))
 
   def train(self, *, stop: signals.StopRequest | None = None) -> dict[str, Any]:
     """Trains or resumes up to `training.total_rounds`; returns the last round's metrics.
@@ -97,7 +104,7 @@ class Run:
 
     Raises:
       signals.Interrupted: stopped by a signal at a safe point; the run is resumable.
-      ConfigError and the other errors of `loop` and `ResumableLoop.train`.
+      ConfigError: bad input (and the other errors of `loop` and `ResumableLoop.train`).
     """
     metrics = self.loop(stop).train(self.config.training.total_rounds, stop=stop)
     print(f"Status: tff-resume status {self.run_dir}")

@@ -13,10 +13,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tff_resume.analysis import global_model
 from tff_resume.learning import accounting
 from tff_resume.learning import privacy_accounting
 from tff_resume.releases import bookkeeping
-from tff_resume.analysis import global_model
 
 
 @dataclasses.dataclass(frozen=True)

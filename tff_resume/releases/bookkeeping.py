@@ -1,23 +1,29 @@
 """A run's bookkeeping: everything it writes each round besides training, at a cost that does not grow.
 
-Each round appends one row to the history (`history.RunHistory`), one TensorBoard event, one CSV row,
-the round's participation rows and `progress.json`; a checkpoint version then holds the server state
-and the fixed-size run record (`run_record.RunRecord`), which points into the history by its hash.
-At a start, `open_history` restores the history of the version resumed from (verifying its hash
-chain, dropping rounds redone; a run of the older layout has its history moved to the file), then
-`Bookkeeping(...)` brings every other log to that version: it cuts the TensorBoard files, rewrites
-the CSV and rebuilds participation rows that are missing.
+Each round appends one row to the history (`history.RunHistory`), releases its metrics to every
+release manager (by default `release_managers.TensorBoardReleaseManager`, one TensorBoard event, and
+`CsvReleaseManager`, one CSV row), and writes the round's participation rows and `progress.json`; a
+checkpoint version then holds the server state and the fixed-size run record
+(`run_record.RunRecord`), which points into the history by its hash. At a start, `open_history`
+restores the history of the version resumed from (verifying its hash chain, dropping rounds redone;
+a run of the older layout has its history moved to the file), then `Bookkeeping(...)` brings every
+other log to that version: it starts each of our release managers at the first round to train (they
+cut their files there, or rewrite them from the history) and rebuilds participation rows that are
+missing.
 """
 
+import asyncio
+import concurrent.futures
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Sequence
 
 from absl import logging
+import tensorflow_federated as tff
 
+from tff_resume.releases import release_managers as release_managers_lib
 from tff_resume.storage import atomic_files
 from tff_resume.storage import checkpointing
 from tff_resume.storage import history as history_lib
-from tff_resume.releases import metrics_release
 from tff_resume.storage import participation
 from tff_resume.storage import paths as paths_lib
 from tff_resume.storage import run_record as run_record_lib
@@ -104,54 +110,72 @@ class Bookkeeping:
 
   def __init__(self, paths: paths_lib.RunPaths, manager: checkpointing.DurableProgramStateManager,
                record: run_record_lib.RunRecord, history: history_lib.RunHistory,
-               client_examples: Callable[[str], int], hyperparameters: Mapping[str, Any]):
-    """Brings every log to round `record.rounds_done` (the history must already be there)."""
+               client_examples: Callable[[str], int], releases: Sequence[Any]):
+    """Brings every log to round `record.rounds_done` (the history must already be there).
+
+    Args:
+      releases: `tff.program.ReleaseManager`s that get each round's metrics (see
+        `loop.ResumableLoop`).
+    """
     self.paths, self.manager, self.record, self.history = paths, manager, record, history
     self._client_examples = client_examples
+    self._releases = list(releases)
+    for release in self._releases:
+      if not isinstance(release, tff.program.ReleaseManager):
+        raise TypeError(f"release managers must be tff.program.ReleaseManagers, got {release!r}")
+    self._foreign = None  # Runs other release managers' coroutines (an event loop may run here).
     rounds_done = record.rounds_done
     self._participation = _open_participation(paths.participation_db, history, rounds_done,
                                               client_examples)
-    self._tensorboard = None
-    self._csv = metrics_release.MetricsCsv(paths.metrics_csv)
     try:
-      self._bring_up_to_date(hyperparameters)
+      for release in self._releases:
+        if _ours(release):
+          release.start(rounds_done + 1, history.metrics)
+      _last_completed_round(paths.progress_json)  # Sets a damaged file aside.
+      atomic_files.write_json_atomically(paths.progress_json, {"last_completed_round": rounds_done})
     except BaseException:
       self.close()
       raise
 
-  def _bring_up_to_date(self, hyperparameters: Mapping[str, Any]) -> None:
-    paths, history, rounds_done = self.paths, self.history, self.record.rounds_done
-    events_intact = metrics_release.prepare_logdir(paths.tensorboard_dir, rounds_done + 1)
-    self._tensorboard = metrics_release.TensorBoardRoundWriter(paths.tensorboard_dir)
-    self._tensorboard.start(rounds_done + 1 if events_intact else 1)
-    self._tensorboard.write_hparams(hyperparameters)
-    if not events_intact:
-      for round_num, _, metrics in history.rounds(rounds_done):
-        self._tensorboard.write_round(round_num, metrics)
-    self._csv.rewrite(lambda: history.metrics(rounds_done))
-    _last_completed_round(paths.progress_json)  # Sets a damaged file aside.
-    atomic_files.write_json_atomically(paths.progress_json, {"last_completed_round": rounds_done})
-
   @property
-  def tensorboard(self) -> metrics_release.TensorBoardRoundWriter:
-    return self._tensorboard
+  def tensorboard(self) -> release_managers_lib.TensorBoardReleaseManager | None:
+    """The first TensorBoard release manager (None when there is none)."""
+    return next((release for release in self._releases
+                 if isinstance(release, release_managers_lib.TensorBoardReleaseManager)), None)
+
+  def _release(self, release, round_num: int, metrics: dict[str, Any]) -> None:
+    if _ours(release):
+      release.release_round(round_num, metrics)
+      return
+    if self._foreign is None:
+      self._foreign = concurrent.futures.ThreadPoolExecutor(1, "release")
+    self._foreign.submit(asyncio.run, release.release(dict(metrics), round_num)).result()
 
   def record_round(self, round_num: int, client_ids: list[str], metrics: dict[str, Any]) -> None:
     """Appends round `round_num` to the history and every log (not yet to a checkpoint)."""
     chain = self.history.append(round_num, client_ids, metrics)
     self.record.add_round(chain, metrics)
-    self._tensorboard.write_round(round_num, metrics)
-    self._csv.append(round_num, metrics, lambda: self.history.metrics(round_num))
+    for release in self._releases:
+      self._release(release, round_num, metrics)
     self._participation.add_round(round_num, [(client_id, self._client_examples(client_id))
                                               for client_id in client_ids])
     atomic_files.write_json_atomically(self.paths.progress_json,
                                        {"last_completed_round": round_num})
 
   def close(self) -> None:
-    if self._tensorboard is not None:
-      self._tensorboard.close()
+    """Closes our TensorBoard writers, the participation table and the history."""
+    for release in self._releases:
+      if isinstance(release, release_managers_lib.TensorBoardReleaseManager):
+        release.close()
+    if self._foreign is not None:
+      self._foreign.shutdown()
     self._participation.close()
     self.history.close()
+
+
+def _ours(release) -> bool:
+  return isinstance(release, (release_managers_lib.TensorBoardReleaseManager,
+                              release_managers_lib.CsvReleaseManager))
 
 
 def save_checkpoint(manager: checkpointing.DurableProgramStateManager, state: Any,

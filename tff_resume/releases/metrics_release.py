@@ -1,11 +1,5 @@
-"""Per-round metrics to TensorBoard and a CSV file, continuous across kills and resumes.
-
-CSV: `MetricsCsv` keeps one row per round (`round` first, then every metric in order of first
-appearance) with exact values (integer bit counts stay integers). Each start rewrites the file from the
-run's history (through a temporary file and an atomic rename), so rounds redone after a kill never
-appear twice; each round then appends its row, and the file is rewritten only when a round brings a
-metric no earlier round had (the first round, the first evaluation), so a round costs the same at
-round 10 and at round 10,000.
+"""The writers under the release managers (`release_managers`): TensorBoard event files, continuous
+across kills and resumes, and the scalars a round's metrics become.
 
 TensorBoard: the event files are written straight into the run folder, so `tensorboard --logdir ROOT`
 names each run by its experiment name. Scalars are float32 tensors, the type both of TensorBoard's
@@ -27,11 +21,10 @@ columns (final evaluation and training accuracy and loss, cumulative bits), so t
 lists every run of a study with its hyperparameters and final values.
 """
 
-import csv
 import os
 import shutil
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from absl import logging
 from tensorboard.compat.proto import event_pb2
@@ -42,7 +35,6 @@ from tensorboard.compat.proto import types_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import event_file_writer
 
-from tff_resume.storage import atomic_files
 from tff_resume.releases import units
 
 EVENT_FILE_MARKER = "tfevents"  # TensorBoard loads every file whose name contains this.
@@ -54,50 +46,6 @@ HPARAMS_METRICS = (
 )
 _RECORD_HEADER_BYTES = 12  # uint64 length + uint32 masked CRC of the length.
 _RECORD_FOOTER_BYTES = 4  # uint32 masked CRC of the data.
-
-
-def _columns(metrics_per_round: Iterable[Mapping[str, Any]]) -> list[str]:
-  columns = {"round": None}
-  for metrics in metrics_per_round:
-    columns.update(dict.fromkeys(metrics))
-  return list(columns)
-
-
-def write_metrics_csv(path: str, metrics_per_round: Callable[[], Iterable[Mapping[str, Any]]]
-                      ) -> list[str]:
-  """Writes one row per round (round r is the r-th of `metrics_per_round()`) to `path`, atomically;
-  returns the columns. `metrics_per_round` is called twice (columns, then rows), so a long history
-  is streamed, never held in memory."""
-  columns = _columns(metrics_per_round())
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with atomic_files.open_atomically(path, newline="") as csv_file:
-    writer = csv.DictWriter(csv_file, fieldnames=columns)
-    writer.writeheader()
-    for round_num, metrics in enumerate(metrics_per_round(), start=1):
-      writer.writerow({"round": round_num, **metrics})
-  return columns
-
-
-class MetricsCsv:
-  """`results/metrics.csv` of a run: rewritten at start, then one appended row per round."""
-
-  def __init__(self, path: str):
-    self._path = path
-    self._columns = None
-
-  def rewrite(self, metrics_per_round: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
-    """Writes the file anew from every round's metrics (see `write_metrics_csv`)."""
-    self._columns = write_metrics_csv(self._path, metrics_per_round)
-
-  def append(self, round_num: int, metrics: Mapping[str, Any],
-             metrics_per_round: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
-    """Appends round `round_num`'s row; when it has a metric the header lacks, rewrites the file
-    from `metrics_per_round()` (rounds 1..`round_num`) instead."""
-    if self._columns is None or any(name not in self._columns for name in metrics):
-      self.rewrite(metrics_per_round)
-      return
-    with open(self._path, "a", newline="") as csv_file:
-      csv.DictWriter(csv_file, fieldnames=self._columns).writerow({"round": round_num, **metrics})
 
 
 def tensorboard_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -278,4 +226,5 @@ class TensorBoardRoundWriter:
     self._writer.flush()
 
   def close(self) -> None:
+    """Flushes and closes the event file."""
     self._writer.close()

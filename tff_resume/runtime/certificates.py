@@ -227,9 +227,11 @@ def check_pair(folder: str, stem: str, now: datetime.datetime | None = None) -> 
 
 
 def read(path: str) -> bytes:
+  """The bytes of the PEM file at `path`."""
   with open(path, "rb") as pem_file:
     return pem_file.read()
 
 
 def ca_path(folder: str) -> str:
+  """The path of the study's CA certificate (`ca.pem`) in `folder`."""
   return _paths(folder, CA)[0]

@@ -90,7 +90,7 @@ def worker_binary_path() -> str:
 def default_concurrency() -> int:
   """The default limit on client computations a worker runs at once: the CPU cores this process may
   use. TFF's own default (no limit) starts every client of a round at once; they then contend for
-  the cores, which took 1.4x (float32) and 1.2x (bfloat16) as long here (README, Benchmark)."""
+  the cores, which took 1.4x (float32) and 1.2x (bfloat16) as long here (docs/benchmarks.md)."""
   return len(os.sched_getaffinity(0))
 
 
@@ -146,6 +146,8 @@ class LocalWorker:
     atexit.unregister(self.stop)
 
   def wait_until_ready(self, stub: Any) -> None:
+    """Waits until the worker serves on its port; raises WorkerStartError if it exits or times
+    out."""
     if not wait_for_stub(stub, WORKER_START_TIMEOUT_SECONDS, self.process):
       if self.process.poll() is not None:
         raise WorkerStartError(

@@ -38,6 +38,8 @@ class IsolationError(OSError):
 
 
 def mode() -> str:
+  """The isolation mode chosen by TFF_RESUME_NETWORK_ISOLATION (`auto` when unset); raises
+  IsolationError for another value."""
   value = os.environ.get(ENVIRONMENT_VARIABLE, "auto") or "auto"
   if value not in MODES:
     raise IsolationError(errno.EINVAL, f"{ENVIRONMENT_VARIABLE}={value!r}: use one of "

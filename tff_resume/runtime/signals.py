@@ -96,6 +96,7 @@ class StopRequest:
       raise Interrupted(self.signal_name, rounds_done)
 
   def install(self) -> "StopRequest":
+    """Makes SIGINT and SIGTERM request a stop instead of interrupting; returns self."""
     for signal_number in (signal.SIGINT, signal.SIGTERM):
       self._previous[signal_number] = signal.signal(signal_number, self._handle)
     return self

@@ -226,6 +226,7 @@ class SubroundContext(tff.framework.SyncContext):
     return self._forms[key][1]
 
   def invoke(self, comp, arg):
+    """Runs `comp` on `arg` in subrounds across the workers and returns the merged result."""
     return self._runner.run_coro_and_return_result(self._invoke(comp, arg))
 
   async def _call(self, worker: int, comp, arg):
@@ -308,7 +309,7 @@ class RemoteWorkers:
     self.context = context
 
   def stop(self) -> None:
-    pass
+    """Does nothing: remote workers are started and stopped by whoever runs them."""
 
 
 def start_execution_context(addresses: Sequence[str] = (), num_subrounds: int = 0,

@@ -46,6 +46,7 @@ def write_json_atomically(path: str, value: Any) -> None:
 
 
 def read_json(path: str) -> Any:
+  """The JSON value in the file at `path`."""
   with open(path) as json_file:
     return json.load(json_file)
 

@@ -164,6 +164,7 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     return self._root_dir
 
   def version_path(self, version: int) -> str:
+    """The folder of version `version` (whether or not it exists)."""
     return os.path.join(self._root_dir, f"version_{version}")
 
   def remove_temporaries(self) -> list[str]:
@@ -210,6 +211,7 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
     return self._version_folders(complete=False)
 
   async def get_versions(self) -> list[int] | None:
+    """`tff.program.ProgramStateManager`'s: the saved versions, oldest first; None when none is."""
     return self.versions() or None
 
   def verified_manifest(self, version: int) -> dict[str, Any]:
@@ -320,6 +322,7 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
       raise CorruptVersionError(f"{path} does not have the expected structure: {error}") from None
 
   async def load(self, version: int, structure: Any) -> Any:
+    """`tff.program.ProgramStateManager`'s: `load_version(version, structure)`."""
     return self.load_version(version, structure)
 
   def load_latest_good(self, structure: Any) -> tuple[Any, int]:
@@ -399,6 +402,7 @@ class DurableProgramStateManager(tff.program.ProgramStateManager):
       os.fsync(manifest_file.fileno())
 
   async def save(self, program_state: Any, version: int) -> None:
+    """`tff.program.ProgramStateManager`'s: `save_version(program_state, version)`."""
     self.save_version(program_state, version)
 
   def _apply_retention(self) -> None:

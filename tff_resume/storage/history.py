@@ -78,6 +78,7 @@ def chain_of(rounds: Iterable[tuple[Iterable[str], dict[str, Any]]]) -> str:
 
 
 def path_in(checkpoints_dir: str) -> str:
+  """The history file's path in a run's checkpoints folder."""
   return os.path.join(checkpoints_dir, FILE_NAME)
 
 
@@ -96,6 +97,7 @@ class RunHistory:
     self._last_chain = None
 
   def close(self) -> None:
+    """Closes the history's SQLite connection."""
     self._connection.close()
 
   def _rows(self, first: int, last: int) -> Iterator[tuple[int, str, str, str]]:

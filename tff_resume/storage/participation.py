@@ -82,6 +82,7 @@ class ParticipationLog:
           [(round_num, client_id, int(examples)) for client_id, examples in examples_by_client])
 
   def close(self) -> None:
+    """Closes the participation database."""
     self._connection.close()
 
 

@@ -70,6 +70,7 @@ class RunPaths:
 
   @classmethod
   def from_run_dir(cls, run_dir: str) -> "RunPaths":
+    """The paths of the run folder `run_dir` (ROOT/NAME)."""
     run_dir = os.path.normpath(run_dir)
     return cls(os.path.dirname(run_dir), os.path.basename(run_dir))
 

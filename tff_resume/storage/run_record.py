@@ -44,11 +44,13 @@ class RunRecord:
   layout: int = LAYOUT
 
   def add_round(self, history_sha256: str, metrics: dict[str, Any]) -> None:
+    """Counts one more round done, with the history's chain after it and the round's metrics."""
     self.rounds_done += 1
     self.history_sha256 = history_sha256
     self.last_metrics = dict(metrics)
 
   def to_json(self) -> dict[str, Any]:
+    """The record as a JSON-serializable dict (the `metadata.json` of a version)."""
     return dataclasses.asdict(self)
 
   @classmethod
