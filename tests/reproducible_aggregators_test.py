@@ -4,6 +4,11 @@ version is written then resumed, end with the same bytes in every leaf of the se
 SIGKILLed again right after a round, then resumed from that round's version. `aggregator.seed`
 redraws only the aggregator's randomness. The 2nn model, whose two large kernels are quantized. Real
 runner subprocesses.
+
+Of `aggregator_configs.RANDOM_AGGREGATORS`, `quantize` (stochastic rounding) is not run here: it is
+`compression`'s seeded rounding without the zeroing and clipping around it (`aggregators.py`), so
+`compression`'s runs walk its every draw and state leaf. The seed is varied where it keys a draw of
+its own: the Hadamard rotation and the DP noise (the rounding key's seed, tests/seeded_randomness_test).
 """
 
 import json
@@ -22,9 +27,12 @@ from tests import aggregator_configs
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = 3
+_AGGREGATORS = {name: aggregator_configs.RANDOM_AGGREGATORS[name]
+                for name in ("compression", "hadamard", "dp")}
 # Aggregators with adaptive state (compression: its zeroing and clipping norms; dp: its clip norm),
 # whose killed run is killed a second time, right after round 2 is saved, before it is resumed.
 _KILLED_AFTER_A_ROUND = ("compression", "dp")
+_SEEDED = ("hadamard", "dp")  # Also run with `aggregator.seed=1`.
 
 
 def _start(root, name, overrides, *extra, env=None):
@@ -61,19 +69,20 @@ class ReproducibleAggregatorsTest(absltest.TestCase):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
     cls.straight, cls.seeded, cls.killed = {}, {}, {}  # killed: every start of the killed run.
-    for name, overrides in aggregator_configs.RANDOM_AGGREGATORS.items():
+    for name, overrides in _AGGREGATORS.items():
       cls.straight[name], killed = _side_by_side(
           _start(cls.root, f"{name}_a", overrides),
           _start(cls.root, f"{name}_killed", overrides,
                  env={"TFF_RESUME_FAULT": "kill-during-save:2"}))
       resumed = _start(cls.root, f"{name}_killed", overrides)
-      seeded = _start(cls.root, f"{name}_seed", overrides, "--config.aggregator.seed=1")
+      beside = [_start(cls.root, f"{name}_seed", overrides, "--config.aggregator.seed=1")
+                for _ in range(name in _SEEDED)]
       seen = _kill_after_round(resumed, 2) if name in _KILLED_AFTER_A_ROUND else ""
-      (status, out, err), cls.seeded[name] = _side_by_side(resumed, seeded)
+      (status, out, err), *seeded = _side_by_side(resumed, *beside)
+      cls.seeded.update({name: seeded[0]} if seeded else {})
       cls.killed[name] = [killed, (status, seen + out, err)]
-    last_starts = _side_by_side(*[
-        _start(cls.root, f"{name}_killed", aggregator_configs.RANDOM_AGGREGATORS[name])
-        for name in _KILLED_AFTER_A_ROUND])
+    last_starts = _side_by_side(*[_start(cls.root, f"{name}_killed", _AGGREGATORS[name])
+                                  for name in _KILLED_AFTER_A_ROUND])
     for name, last in zip(_KILLED_AFTER_A_ROUND, last_starts):
       cls.killed[name].append(last)
 
@@ -86,7 +95,7 @@ class ReproducibleAggregatorsTest(absltest.TestCase):
     return chaos.run_outcome(os.path.join(self.root, run))
 
   def test_fresh_and_killed_then_resumed_runs_are_identical(self):
-    for name in aggregator_configs.RANDOM_AGGREGATORS:
+    for name in _AGGREGATORS:
       self.assertEqual(self.straight[name][0], 0, self.straight[name][2])
       # Killed while saving version 2; then, with adaptive state, killed once round 2 is saved.
       expected = [(-signal.SIGKILL, None), (0, "from version 1 (1 round to redo)")]
@@ -105,7 +114,7 @@ class ReproducibleAggregatorsTest(absltest.TestCase):
       self.assertLen(outcome["sampled_clients"], _ROUNDS)
 
   def test_the_aggregator_seed_redraws_only_the_aggregator(self):
-    for name in aggregator_configs.RANDOM_AGGREGATORS:
+    for name in _SEEDED:
       self.assertEqual(self.seeded[name][0], 0, self.seeded[name][2])
       seeded, outcome = self._outcome_of(f"{name}_seed"), self._outcome_of(f"{name}_a")
       self.assertNotEqual(seeded["model_weights_sha256"], outcome["model_weights_sha256"], name)
