@@ -205,6 +205,9 @@ class Workload:
     self.bare_state = self.process.next(self.bare_state, datasets).state
 
 
+RUNNER_ROUNDS_PER_CALL = 4  # Rounds of each timed runner call (its last commit is not overlapped).
+
+
 class RunnerLoop:
   """What the runner does around `process.next` each round: sampling, datasets, metrics, accounting,
   history, TensorBoard, CSV, participation, progress file and a checkpoint version, through
@@ -226,20 +229,32 @@ class RunnerLoop:
         release_managers.for_run(paths, fingerprint_lib.flatten_config(config)))
     self._state = workload.initial_state
     self.checkpoint_seconds = []
-    self.wall_and_inner_seconds = []  # (train() wall time, its sampling + datasets + process.next)
+    # (seconds from one round's end, its commit done, to the next's, that round's sampling +
+    # datasets + process.next): the runner's steady-state round against what a bare loop does.
+    self.period_and_inner_seconds = []
 
-  def round(self) -> None:
+  def rounds(self, count: int = RUNNER_ROUNDS_PER_CALL) -> float:
+    """Trains `count` rounds in one `training.train` call, as a run does (each round committed in
+    the background while the next trains; the last one before `train` returns); returns the
+    seconds per round."""
     workload = self._workload
+    ends = []
+
+    def on_round(result: training.RoundResult) -> None:
+      self.checkpoint_seconds.append(result.checkpoint_seconds)
+      ends.append((time.perf_counter(), result.metrics["time/round_seconds"]))
+
     started = time.perf_counter()
     self._state, _ = training.train(
         process=workload.process, state=self._state, book=self._book,
-        total_rounds=self._book.record.rounds_done + 1, rounds_per_checkpoint=1,
+        total_rounds=self._book.record.rounds_done + count, rounds_per_checkpoint=1,
         communication=workload.communication, evaluate=None, rounds_per_eval=0,
         select_clients=workload.select_clients, client_datasets=workload.client_datasets,
-        should_stop=lambda: False,
-        on_round=lambda result: self.checkpoint_seconds.append(result.checkpoint_seconds))
-    self.wall_and_inner_seconds.append((time.perf_counter() - started,
-                                        self._book.record.last_metrics["time/round_seconds"]))
+        should_stop=lambda: False, on_round=on_round)
+    seconds = (time.perf_counter() - started) / count
+    self.period_and_inner_seconds += [(end - previous_end, inner) for (previous_end, _), (end, inner)
+                                      in zip(ends, ends[1:])]
+    return seconds
 
   def close(self) -> None:
     self._book.close()
@@ -269,17 +284,17 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
   _log("rounds: warm-up (tracing)")
   workload.bare_round(datasets)
   bfloat16.bare_round(datasets)
-  runner.round()
+  runner.rounds(1)
   floor.round(datasets)
   floor.round(batches, in_memory=True)
   seconds = measure.alternate({"bare_process_next": lambda: workload.bare_round(datasets),
                                "bare_bfloat16": lambda: bfloat16.bare_round(datasets),
-                               "runner": runner.round,
+                               "runner": runner.rounds,
                                "plain_tf_floor": lambda: floor.round(datasets),
                                "in_memory_floor": lambda: floor.round(batches, in_memory=True)},
                               repetitions)
   runner.close()
-  in_round = [wall / inner for wall, inner in runner.wall_and_inner_seconds[1:]]
+  in_round = [period / inner for period, inner in runner.period_and_inner_seconds]
   _log("rounds: one batch per client (fixed costs)")
   workload.bare_round(tiny)
   floor.round(tiny)
@@ -489,10 +504,13 @@ def _render_core(report: dict) -> list[str]:
   bare = rounds["contenders"]["bare_process_next"]["median_s"]
   lines += [
       "",
-      f"- wrapper_overhead is the runner's whole round over the part a bare loop also does "
-      f"(sampling, datasets, `process.next`), timed inside each runner round; side by side, the "
-      f"median of the runner/bare ratios of back-to-back rounds is "
-      f"{rounds['wrapper_overhead_side_by_side']:.3f} (round times vary more than that effect).",
+      f"- wrapper_overhead is the runner's round in a run (from one round's end, its commit done, "
+      f"to the next's; each commit runs while the next round trains) over the part a bare loop "
+      f"also does (sampling, datasets, `process.next`), timed inside each runner round; side by "
+      f"side, the median of the runner/bare ratios of back-to-back calls (the runner's "
+      f"{RUNNER_ROUNDS_PER_CALL} rounds a call, whose last commit has no next round to overlap, "
+      f"per round) is {rounds['wrapper_overhead_side_by_side']:.3f} (round times vary more than "
+      f"that effect).",
       f"- floor_ratio is the median of bare/floor ratios of back-to-back rounds on the same examples; "
       f"in_memory_floor_ratio is the same against the in-memory floor (the same SGD steps, float32, "
       f"on batches materialized before timing: no input pipeline), and "

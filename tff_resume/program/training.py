@@ -1,12 +1,22 @@
 """The training loop: rounds of a TFF learning process with a checkpoint after every round.
 
 `train` takes only ready-made objects and functions and never reads a flag or a config. After each
-round it records the sampled clients and metrics (`bookkeeping.Bookkeeping.record_round`: history,
-TensorBoard, CSV, participation) and, every `rounds_per_checkpoint` rounds (and at the last round, and
-when a stop is requested), saves the server state with the run record as one atomic checkpoint version
-(version N = the state after N rounds).
+round it commits the round: it records the sampled clients and metrics
+(`bookkeeping.Bookkeeping.record_round`: history, release managers, participation) and, every
+`rounds_per_checkpoint` rounds (and at the last round, and when a stop is requested), saves the server
+state with the run record as one atomic checkpoint version (version N = the state after N rounds),
+then reports the round (`on_round`).
+
+Round N's commit runs in a background thread while round N+1 trains (TFF's worker, another process,
+does the work of a round; this process mostly waits for it), in the order above, with at most one
+commit in flight: round N+1's metrics are taken, and round N+2 starts, only once commit N is done.
+A round is done when its commit is: its line is printed and its version listed only then. A failed
+commit (a full disk) is raised as soon as the round in flight returns, and nothing later is written.
+The last round, and a round after which a stop was requested, are committed before `train` returns;
+however `train` ends, no commit is still running when it does.
 """
 
+import concurrent.futures
 import dataclasses
 import time
 from typing import Any, Callable
@@ -126,35 +136,75 @@ def train(*, process, state, book: bookkeeping.Bookkeeping, total_rounds: int,
   """
   record = book.record
   weights_sha256 = weights_sha256 or (lambda state: model_weights_sha256(process, state))
-  for round_num in range(record.rounds_done + 1, total_rounds + 1):
-    started = time.perf_counter()
-    client_ids = select_clients(round_num)
-    state, round_metrics = next_state_and_metrics(
-        process.next(state, client_datasets(round_num, client_ids)))
-    release_dataset_functions()
-    round_seconds = time.perf_counter() - started
-    metrics = flatten_metrics(round_metrics)
-    if communication is not None:
-      metrics.update(communication_metrics(communication, len(client_ids), record.last_metrics))
-    if privacy is not None:
-      metrics.update(privacy_accounting.privacy_metrics(privacy, round_num))
-    metrics["time/round_seconds"] = round_seconds
-    if evaluate is not None and (
-        round_num == total_rounds or (rounds_per_eval and round_num % rounds_per_eval == 0)):
-      evaluation_started = time.perf_counter()
-      metrics.update(evaluate(state))
-      metrics["time/evaluation_seconds"] = time.perf_counter() - evaluation_started
+
+  def commit(round_num: int, client_ids: list[str], metrics: dict[str, Any], state: Any,
+             checkpoint: bool, round_seconds: float) -> None:
     book.record_round(round_num, client_ids, metrics)
-    stopping = should_stop()
     checkpoint_seconds = None
-    if round_num % rounds_per_checkpoint == 0 or round_num == total_rounds or stopping:
+    if checkpoint:
       checkpoint_started = time.perf_counter()
-      bookkeeping.save_checkpoint(book.manager, state, book.record, weights_sha256(state))
+      bookkeeping.save_checkpoint(book.manager, state, record, weights_sha256(state))
       checkpoint_seconds = time.perf_counter() - checkpoint_started
     on_round(RoundResult(round_num, total_rounds, metrics, round_seconds, checkpoint_seconds))
-    if stopping and round_num < total_rounds:
-      return state, True
+
+  committer = _Committer()
+  try:
+    for round_num in range(record.rounds_done + 1, total_rounds + 1):
+      started = time.perf_counter()
+      client_ids = select_clients(round_num)
+      state, round_metrics = next_state_and_metrics(
+          process.next(state, client_datasets(round_num, client_ids)))
+      release_dataset_functions()
+      round_seconds = time.perf_counter() - started
+      committer.wait()  # The previous round is committed: its metrics are the record's last.
+      metrics = flatten_metrics(round_metrics)
+      if communication is not None:
+        metrics.update(communication_metrics(communication, len(client_ids), record.last_metrics))
+      if privacy is not None:
+        metrics.update(privacy_accounting.privacy_metrics(privacy, round_num))
+      metrics["time/round_seconds"] = round_seconds
+      if evaluate is not None and (
+          round_num == total_rounds or (rounds_per_eval and round_num % rounds_per_eval == 0)):
+        evaluation_started = time.perf_counter()
+        metrics.update(evaluate(state))
+        metrics["time/evaluation_seconds"] = time.perf_counter() - evaluation_started
+      stopping = should_stop()
+      last = round_num == total_rounds or stopping
+      arguments = (round_num, client_ids, metrics, state,
+                   round_num % rounds_per_checkpoint == 0 or last, round_seconds)
+      if last:
+        commit(*arguments)
+        return state, stopping and round_num < total_rounds
+      committer.submit(lambda arguments=arguments: commit(*arguments))
+  finally:
+    committer.close()
   return state, False
+
+
+class _Committer:
+  """Runs round commits in one background thread, one at a time."""
+
+  def __init__(self):
+    self._executor = concurrent.futures.ThreadPoolExecutor(1, "commit")
+    self._pending: concurrent.futures.Future | None = None
+
+  def wait(self) -> None:
+    """Returns once the commit in flight is done; raises its error if it failed."""
+    pending, self._pending = self._pending, None
+    if pending is not None:
+      pending.result()
+
+  def submit(self, commit: Callable[[], None]) -> None:
+    self.wait()
+    self._pending = self._executor.submit(commit)
+
+  def close(self) -> None:
+    """Waits for the commit in flight, if any (an error of its own is dropped: `train` is raising
+    another)."""
+    try:
+      concurrent.futures.wait([self._pending] if self._pending else [])
+    finally:
+      self._executor.shutdown(wait=True)
 
 
 def next_state_and_metrics(output: Any) -> tuple[Any, Any]:

@@ -34,7 +34,8 @@ def open_database(path: str, schema: str) -> sqlite3.Connection:
   """Opens (creating it and its folder when missing) the SQLite file `path` with the tables of
   `schema`; raises DatabaseError, closing it, when the file is not a database."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  connection = sqlite3.connect(path)
+  # Written by the round commits' thread too (`training`), one thread at a time.
+  connection = sqlite3.connect(path, check_same_thread=False)
   try:
     connection.executescript(schema)
   except sqlite3.DatabaseError:
