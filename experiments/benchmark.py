@@ -77,7 +77,8 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show TensorFlow's and TFF's mess
 
 _RESUME_TOTAL_ROUNDS = 10
 TARGETS = {
-    "wrapper_overhead": 1.03,
+    "wrapper_overhead": 1.01,
+    "bfloat16_own_floor_ratio": 1.15,
     "floor_ratio": 1.3,
     "in_memory_floor_ratio": 1.15,
     "bfloat16_in_memory_floor_ratio": 0.75,
@@ -121,8 +122,11 @@ class FloorTrainer:
   """
 
   def __init__(self, config):
+    """The floor of `config`'s model, in its `model.compute_dtype` (bfloat16: under Keras's
+    `mixed_bfloat16` policy, as the clients compute; float32 weights either way)."""
     self._model = models.create_keras_model(config.model.name, experiment.num_classes(config),
-                                            config.training.seed)
+                                            config.training.seed,
+                                            config.model.get("compute_dtype", "float32"))
     self._learning_rate = config.client.learning_rate
     self._loss = tf.keras.losses.SparseCategoricalCrossentropy()
     self._weights = [variable.numpy() for variable in self._model.trainable_variables]
@@ -229,8 +233,8 @@ class RunnerLoop:
         release_managers.for_run(paths, fingerprint_lib.flatten_config(config)))
     self._state = workload.initial_state
     self.checkpoint_seconds = []
-    # (seconds from one round's end, its commit done, to the next's, that round's sampling +
-    # datasets + process.next): the runner's steady-state round against what a bare loop does.
+    # (seconds from a round's start to the next's, that round's sampling + datasets +
+    # process.next): the runner's round in a run, against what a bare loop does of it.
     self.period_and_inner_seconds = []
 
   def rounds(self, count: int = RUNNER_ROUNDS_PER_CALL) -> float:
@@ -238,22 +242,26 @@ class RunnerLoop:
     the background while the next trains; the last one before `train` returns); returns the
     seconds per round."""
     workload = self._workload
-    ends = []
+    starts, inner = [], []
+
+    def select_clients(round_num: int) -> list[str]:
+      starts.append(time.perf_counter())
+      return workload.select_clients(round_num)
 
     def on_round(result: training.RoundResult) -> None:
       self.checkpoint_seconds.append(result.checkpoint_seconds)
-      ends.append((time.perf_counter(), result.metrics["time/round_seconds"]))
+      inner.append(result.metrics["time/round_seconds"])
 
     started = time.perf_counter()
     self._state, _ = training.train(
         process=workload.process, state=self._state, book=self._book,
         total_rounds=self._book.record.rounds_done + count, rounds_per_checkpoint=1,
         communication=workload.communication, evaluate=None, rounds_per_eval=0,
-        select_clients=workload.select_clients, client_datasets=workload.client_datasets,
+        select_clients=select_clients, client_datasets=workload.client_datasets,
         should_stop=lambda: False, on_round=on_round)
     seconds = (time.perf_counter() - started) / count
-    self.period_and_inner_seconds += [(end - previous_end, inner) for (previous_end, _), (end, inner)
-                                      in zip(ends, ends[1:])]
+    self.period_and_inner_seconds += [(following - start, own) for start, following, own
+                                      in zip(starts, starts[1:], inner)]
     return seconds
 
   def close(self) -> None:
@@ -278,6 +286,7 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
   runner = RunnerLoop(workload, os.path.join(scratch, "runner"))
   bfloat16 = Workload(workload.config, compute_dtype="bfloat16")
   floor = FloorTrainer(workload.config)
+  bfloat16_floor = FloorTrainer(bfloat16.config)
   datasets = workload.datasets(1)
   batches = FloorTrainer.materialize(datasets)
   tiny = _tiny_datasets(workload)
@@ -287,14 +296,34 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
   runner.rounds(1)
   floor.round(datasets)
   floor.round(batches, in_memory=True)
-  seconds = measure.alternate({"bare_process_next": lambda: workload.bare_round(datasets),
-                               "bare_bfloat16": lambda: bfloat16.bare_round(datasets),
-                               "runner": runner.rounds,
-                               "plain_tf_floor": lambda: floor.round(datasets),
-                               "in_memory_floor": lambda: floor.round(batches, in_memory=True)},
+  bfloat16_floor.round(batches, in_memory=True)
+  seconds = measure.alternate({
+      "bare_process_next": lambda: workload.bare_round(datasets),
+      "bare_bfloat16": lambda: bfloat16.bare_round(datasets),
+      "runner": runner.rounds,
+      "plain_tf_floor": lambda: floor.round(datasets),
+      "in_memory_floor": lambda: floor.round(batches, in_memory=True),
+      "in_memory_floor_bfloat16": lambda: bfloat16_floor.round(batches, in_memory=True)},
                               repetitions)
   runner.close()
   in_round = [period / inner for period, inner in runner.period_and_inner_seconds]
+  _log("rounds: the runner against a bare loop on the linear model (bookkeeping a larger share)")
+  linear_config = workload.config.copy_and_resolve_references()
+  linear_config.model.name = "linear"
+  linear = Workload(linear_config)
+  linear_runner = RunnerLoop(linear, os.path.join(scratch, "runner_linear"))
+  linear_datasets = linear.datasets(1)
+  linear.bare_round(linear_datasets)
+  linear_runner.rounds(1)
+  linear_seconds = measure.alternate({"bare_process_next": lambda: linear.bare_round(linear_datasets),
+                                      "runner": linear_runner.rounds}, repetitions)
+  linear_runner.close()
+  linear_report = {
+      "contenders": measure.summarize(linear_seconds), "seconds": linear_seconds,
+      "wrapper_overhead_in_round": statistics.median(
+          [period / inner for period, inner in linear_runner.period_and_inner_seconds]),
+      "wrapper_overhead_side_by_side": statistics.median(
+          measure.paired_ratios(linear_seconds, "runner", "bare_process_next"))}
   _log("rounds: one batch per client (fixed costs)")
   workload.bare_round(tiny)
   floor.round(tiny)
@@ -333,6 +362,9 @@ def bench_rounds(workload: Workload, scratch: str, repetitions: int,
           measure.paired_ratios(seconds, "bare_process_next", "in_memory_floor")),
       "bfloat16_in_memory_floor_ratio": statistics.median(
           measure.paired_ratios(seconds, "bare_bfloat16", "in_memory_floor")),
+      "bfloat16_own_floor_ratio": statistics.median(
+          measure.paired_ratios(seconds, "bare_bfloat16", "in_memory_floor_bfloat16")),
+      "linear": linear_report,
       "unlimited_concurrency_vs_cores": {dtype: statistics.median(measure.paired_ratios(
           seconds, f"bare{infix}_worker_concurrency_unlimited", f"bare{infix}_worker_concurrency_cores"))
                                          for dtype, infix in (("float32", ""),
@@ -510,7 +542,11 @@ def _render_core(report: dict) -> list[str]:
       f"side, the median of the runner/bare ratios of back-to-back calls (the runner's "
       f"{RUNNER_ROUNDS_PER_CALL} rounds a call, whose last commit has no next round to overlap, "
       f"per round) is {rounds['wrapper_overhead_side_by_side']:.3f} (round times vary more than "
-      f"that effect).",
+      f"that effect). On the linear model, where the bookkeeping is a larger share of a round: "
+      f"{rounds['linear']['wrapper_overhead_in_round']:.3f} in the round, "
+      f"{rounds['linear']['wrapper_overhead_side_by_side']:.3f} side by side.",
+      f"- bfloat16_own_floor_ratio is a bare bfloat16 round over the same SGD steps in plain "
+      f"TensorFlow under `mixed_bfloat16` on batches in memory (its own floor).",
       f"- floor_ratio is the median of bare/floor ratios of back-to-back rounds on the same examples; "
       f"in_memory_floor_ratio is the same against the in-memory floor (the same SGD steps, float32, "
       f"on batches materialized before timing: no input pipeline), and "
@@ -562,6 +598,7 @@ def _core_sections(scratch: str, quick: bool, repetitions: int, worker) -> dict:
             "floor_ratio": rounds["floor_ratio"],
             "in_memory_floor_ratio": rounds["in_memory_floor_ratio"],
             "bfloat16_in_memory_floor_ratio": rounds["bfloat16_in_memory_floor_ratio"],
+            "bfloat16_own_floor_ratio": rounds["bfloat16_own_floor_ratio"],
             "checkpoint_save_vs_file_manager": checkpoints["checkpoint_save_vs_file_manager"],
             "checkpoint_share_of_round": checkpoints["checkpoint_share_of_round"],
             "resume_extra_seconds": resume["resume_extra_seconds"]}
