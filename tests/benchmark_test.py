@@ -44,7 +44,8 @@ class BenchmarkReportTest(absltest.TestCase):
     self.assertEqual(sorted(rounds), [
         "bare_bfloat16", "bare_bfloat16_worker_concurrency_cores",
         "bare_bfloat16_worker_concurrency_unlimited", "bare_one_batch_per_client",
-        "bare_process_next", "bare_worker_concurrency_cores", "bare_worker_concurrency_unlimited",
+        "bare_loop", "bare_process_next", "bare_worker_concurrency_cores",
+        "bare_worker_concurrency_unlimited",
         "floor_one_batch_per_client", "in_memory_floor", "in_memory_floor_bfloat16",
         "plain_tf_floor", "runner"])
     self.assertEqual({stats["n"] for stats in rounds.values()}, {2})
@@ -67,7 +68,7 @@ class BenchmarkReportTest(absltest.TestCase):
             seconds["bare_bfloat16_worker_concurrency_unlimited"],
             seconds["bare_bfloat16_worker_concurrency_cores"])]))
     self.assertEqual(report["rounds"]["wrapper_overhead_side_by_side"], statistics.median(
-        [runner / bare for runner, bare in zip(seconds["runner"], seconds["bare_process_next"])]))
+        [runner / bare for runner, bare in zip(seconds["runner"], seconds["bare_loop"])]))
     # The runner's round includes the bare round's work, so its own share is at least 1.
     self.assertGreaterEqual(report["rounds"]["wrapper_overhead_in_round"], 1.0)
     self.assertEqual(report["rounds"]["bfloat16_own_floor_ratio"], statistics.median(
@@ -76,13 +77,13 @@ class BenchmarkReportTest(absltest.TestCase):
     self.assertEqual(report["targets"]["bfloat16_own_floor_ratio"]["target"], 1.15)
     self.assertEqual(report["targets"]["wrapper_overhead"]["target"], 1.01)
     linear = report["rounds"]["linear"]
-    self.assertEqual(sorted(linear["contenders"]), ["bare_process_next", "runner"])
+    self.assertEqual(sorted(linear["contenders"]), ["bare_loop", "runner"])
     self.assertEqual(linear["wrapper_overhead_side_by_side"], statistics.median(
         [runner / bare for runner, bare in zip(linear["seconds"]["runner"],
-                                               linear["seconds"]["bare_process_next"])]))
+                                               linear["seconds"]["bare_loop"])]))
     self.assertGreaterEqual(linear["wrapper_overhead_in_round"], 1.0)
     self.assertEqual(report["targets"]["wrapper_overhead"]["value"],
-                     report["rounds"]["wrapper_overhead_in_round"])
+                     report["rounds"]["wrapper_overhead_side_by_side"])
     self.assertEqual(report["rounds"]["fixed_seconds_per_round"],
                      median["bare_one_batch_per_client"] - median["floor_one_batch_per_client"])
     checkpoints = report["checkpoints"]["contenders"]
