@@ -43,8 +43,8 @@ class BenchmarkReportTest(absltest.TestCase):
     rounds = report["rounds"]["contenders"]
     self.assertEqual(sorted(rounds), [
         "bare_bfloat16", "bare_bfloat16_worker_concurrency_cores",
-        "bare_bfloat16_worker_concurrency_unlimited", "bare_one_batch_per_client",
-        "bare_loop", "bare_process_next", "bare_worker_concurrency_cores",
+        "bare_bfloat16_worker_concurrency_unlimited", "bare_loop", "bare_one_batch_per_client",
+        "bare_process_next", "bare_worker_concurrency_cores",
         "bare_worker_concurrency_unlimited",
         "floor_one_batch_per_client", "in_memory_floor", "in_memory_floor_bfloat16",
         "plain_tf_floor", "runner"])
