@@ -174,8 +174,7 @@ class Bookkeeping:
 
 
 def _ours(release) -> bool:
-  return isinstance(release, (release_managers_lib.TensorBoardReleaseManager,
-                              release_managers_lib.CsvReleaseManager))
+  return isinstance(release, release_managers_lib.RoundReleaseManager)
 
 
 def save_checkpoint(manager: checkpointing.DurableProgramStateManager, state: Any,

@@ -55,7 +55,38 @@ def _round(key: Any) -> int:
   return int(key)
 
 
-class TensorBoardReleaseManager(tff.program.ReleaseManager):
+class RoundReleaseManager(tff.program.ReleaseManager):
+  """A release manager whose releases are rounds: `start(first_round, history)` at each (re)start,
+  then `release_round(round, metrics)` each round. A TFF program's `release(value, key)` starts it
+  at its first `key`."""
+
+  @property
+  def started(self) -> bool:
+    """Whether `start` was called."""
+    raise NotImplementedError
+
+  def start(self, first_round: int, history: History | None = None) -> None:
+    """Brings the files to rounds 1..`first_round` - 1 (see the module docstring)."""
+    raise NotImplementedError
+
+  def release_round(self, round_num: int, metrics: Mapping[str, Any]) -> None:
+    """Writes round `round_num`'s flat metrics (name -> number)."""
+    raise NotImplementedError
+
+  async def release(self, value: Any, key: Any) -> None:
+    """Releases round `key`'s metrics (any nesting TFF releases); the first release of this object
+    starts it at `key`.
+
+    Raises:
+      ValueError: `key` is not a round number (an integer, at least 1).
+    """
+    round_num = _round(key)
+    if not self.started:
+      self.start(round_num)
+    self.release_round(round_num, flat_metrics(value))
+
+
+class TensorBoardReleaseManager(RoundReleaseManager):
   """One point per metric per round in `logdir`'s event files, cut at the first redone round.
 
   Args:
@@ -90,18 +121,6 @@ class TensorBoardReleaseManager(tff.program.ReleaseManager):
     """Writes round `round_num`'s flat metrics (name -> number) and flushes them."""
     self._writer.write_round(round_num, metrics)
 
-  async def release(self, value: Any, key: Any) -> None:
-    """Releases round `key`'s metrics (any nesting TFF releases); the first release of this object
-    starts it at `key`.
-
-    Raises:
-      ValueError: `key` is not a round number (an integer, at least 1).
-    """
-    round_num = _round(key)
-    if not self.started:
-      self.start(round_num)
-    self.release_round(round_num, flat_metrics(value))
-
   def close(self) -> None:
     """Closes the event file (a later `start` opens a new one)."""
     if self._writer is not None:
@@ -115,7 +134,7 @@ def for_run(paths, hyperparameters: Mapping[str, Any] | None = None) -> list[Any
           CsvReleaseManager(paths.metrics_csv)]
 
 
-class CsvReleaseManager(tff.program.ReleaseManager):
+class CsvReleaseManager(RoundReleaseManager):
   """One row per round in the CSV file at `path`: a `round` column, then every metric in order of
   first appearance, exact values (integer bit counts stay integers)."""
 
@@ -179,14 +198,3 @@ class CsvReleaseManager(tff.program.ReleaseManager):
         csv_file.flush()
         os.fsync(csv_file.fileno())
 
-  async def release(self, value: Any, key: Any) -> None:
-    """Releases round `key`'s metrics (any nesting TFF releases); the first release of this object
-    starts it at `key`.
-
-    Raises:
-      ValueError: `key` is not a round number (an integer, at least 1).
-    """
-    round_num = _round(key)
-    if not self.started:
-      self.start(round_num)
-    self.release_round(round_num, flat_metrics(value))
