@@ -258,6 +258,7 @@ class ResumableLoop:
 
   @property
   def num_subrounds(self) -> int:
+    """The subrounds each round is split into (`runtime.num_subrounds`; 0: not split)."""
     return self.runtime.num_subrounds
 
   @property

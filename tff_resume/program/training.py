@@ -201,10 +201,7 @@ class _Committer:
   def close(self) -> None:
     """Waits for the commit in flight, if any (an error of its own is dropped: `train` is raising
     another)."""
-    try:
-      concurrent.futures.wait([self._pending] if self._pending else [])
-    finally:
-      self._executor.shutdown(wait=True)
+    self._executor.shutdown(wait=True)
 
 
 def next_state_and_metrics(output: Any) -> tuple[Any, Any]:

@@ -127,13 +127,6 @@ class TensorBoardReleaseManager(RoundReleaseManager):
       self._writer.close()
 
 
-def for_run(paths, hyperparameters: Mapping[str, Any] | None = None) -> list[Any]:
-  """A run folder's release managers: TensorBoard events in the run folder (with `hyperparameters`
-  for the HParams dashboard) and `results/metrics.csv` (`paths`: a `paths.RunPaths`)."""
-  return [TensorBoardReleaseManager(paths.tensorboard_dir, hyperparameters),
-          CsvReleaseManager(paths.metrics_csv)]
-
-
 class CsvReleaseManager(RoundReleaseManager):
   """One row per round in the CSV file at `path`: a `round` column, then every metric in order of
   first appearance, exact values (integer bit counts stay integers)."""
@@ -198,3 +191,9 @@ class CsvReleaseManager(RoundReleaseManager):
         csv_file.flush()
         os.fsync(csv_file.fileno())
 
+
+def for_run(paths, hyperparameters: Mapping[str, Any] | None = None) -> list[Any]:
+  """A run folder's release managers: TensorBoard events in the run folder (with `hyperparameters`
+  for the HParams dashboard) and `results/metrics.csv` (`paths`: a `paths.RunPaths`)."""
+  return [TensorBoardReleaseManager(paths.tensorboard_dir, hyperparameters),
+          CsvReleaseManager(paths.metrics_csv)]
