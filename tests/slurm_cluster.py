@@ -280,8 +280,20 @@ PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=I
         self.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
       if time.monotonic() > deadline:
         raise AssertionError(f"job {job_id} is not {'/'.join(states)} after {timeout_seconds} s: "
-                             f"{fields}; logs in {self._path('logs')}")
+                             f"{fields}; the controller's log ends:\n{self.log_tail()}")
       time.sleep(0.5)
+
+  def log_tail(self, lines: int = 40) -> str:
+    """The last lines of slurmctld's log and of each slurmd's, but their harmless pmix errors."""
+    tails = []
+    for name in ["slurmctld", *(f"slurmd-{node}" for node in NODES)]:
+      try:
+        with open(self._path("logs", f"{name}.log"), errors="replace") as log:
+          kept = [line for line in log if "pmix" not in line.lower()]
+      except OSError:
+        continue
+      tails.append(f"--- {name}.log\n" + "".join(kept[-lines:]))
+    return "\n".join(tails)
 
   def node_address(self, node: str) -> str:
     fields = dict(re.findall(r"(\w+)=(\S*)",

@@ -104,8 +104,11 @@ class StudySbatchOnSlurmTest(absltest.TestCase):
     """Waits for the job's end (a requeued job starts after its begin time, ~10 s)."""
     deadline = time.monotonic() + timeout_seconds
     while True:
-      fields = self.cluster.wait_for(self.job_id, _FINAL + ("RUNNING",),
-                                     max(1.0, deadline - time.monotonic()))
+      try:
+        fields = self.cluster.wait_for(self.job_id, _FINAL + ("RUNNING",),
+                                       max(1.0, deadline - time.monotonic()))
+      except AssertionError as error:
+        self.fail(f"{error}\nthe job's output ends:\n{self.output()[-4000:]}")
       if fields["JobState"] in _FINAL:
         return fields
       time.sleep(0.5)
