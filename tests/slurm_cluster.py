@@ -168,7 +168,9 @@ MpiDefault=none
 ReturnToService=2
 KillWait={self.kill_wait_seconds}
 MinJobAge=3600
-SlurmdTimeout=30
+# A lost node's job is requeued by the batch script (study.sbatch) within about 20 s, well before
+# the controller declares the node down and requeues it on its own.
+SlurmdTimeout=120
 InactiveLimit=0
 {nodes}
 PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=INFINITE
@@ -176,10 +178,24 @@ PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=I
     with open(self._path("slurm.conf"), "w") as conf:
       conf.write(text)
 
-  def start_node(self, node: str) -> None:
-    """Starts (or restarts, after `kill_node`) the slurmd of `node`."""
-    subprocess.run(["/usr/sbin/slurmd", "-f", self._path("slurm.conf"), "-N", node], check=True,
-                   env=self.env, capture_output=True, timeout=60)
+  def start_node(self, node: str, timeout_seconds: float = 60) -> None:
+    """Starts (or restarts, after `kill_node`) the slurmd of `node`, and waits until it stays up.
+
+    slurmd forks into the background before it binds its port: a start that finds the port still
+    held (a killed slurmd's socket not yet released) exits there, with status 0 for the command.
+    It is started again until a slurmd of `node` has run for a second.
+    """
+    pid_file = self._path(f"slurmd-{node}.pid")
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+      subprocess.run(["/usr/sbin/slurmd", "-f", self._path("slurm.conf"), "-N", node], check=True,
+                     env=self.env, capture_output=True, timeout=60)
+      time.sleep(1.0)
+      pid = _read_pid(pid_file)
+      if pid and _alive(pid):
+        return
+      if time.monotonic() > deadline:
+        raise RuntimeError(f"slurmd of {node} does not stay up; see {self._path('logs')}")
 
   def wait_until_idle(self, timeout_seconds: float = 60) -> None:
     deadline = time.monotonic() + timeout_seconds
@@ -300,26 +316,47 @@ PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=I
                              self.run(["scontrol", "show", "node", "-o", node]).stdout))
     return fields["NodeAddr"]
 
-  def kill_node(self, node: str) -> list[int]:
-    """A node's crash: SIGKILLs its slurmd and every process of the job steps it runs. Returns the
-    step processes it killed."""
-    slurmd = self.daemon_pids().get(f"slurmd-{node}")
+  def kill_node(self, node: str) -> list[str]:
+    """A node's crash: SIGKILLs its slurmd and every process of the job steps it runs (each step's
+    slurmstepd included). Returns the command lines of the step processes it killed."""
     victims = [pid for pid in self.job_processes()
                if _environ_of(pid).get("SLURMD_NODENAME") == node
                or _slurmstepd_node(pid) == node]
-    for pid in ([slurmd] if slurmd else []) + victims:
+    killed = [command_line(pid) for pid in victims]
+    for pid in self._slurmd_processes(node) + victims:
       with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    return victims
+    return killed
+
+  def _slurmd_processes(self, node: str) -> list[int]:
+    """The slurmd of `node` and any child it forked (a child keeps the node's listening socket)."""
+    conf = self._path("slurm.conf").encode()
+    found = []
+    for entry in os.listdir("/proc"):
+      if not entry.isdigit():
+        continue
+      try:
+        with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+          arguments = cmdline.read().split(b"\0")
+      except OSError:
+        continue
+      if (arguments[0].endswith(b"slurmd") and conf in arguments
+          and node.encode() in arguments):
+        found.append(int(entry))
+    return found
 
 
 def _slurmstepd_node(pid: int) -> str | None:
-  """The node a `slurmstepd` process serves (its spool folder is SlurmdSpoolDir/NODE)."""
+  """The node a `slurmstepd` process serves: it keeps its node's log (`logs/slurmd-NODE.log`) open.
+  (Its working folder is no guide: every step of the private cluster runs in `logs/`.)"""
   try:
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
       if not cmdline.read().startswith(b"slurmstepd"):
         return None
-    cwd = os.readlink(f"/proc/{pid}/cwd")
+    for descriptor in os.listdir(f"/proc/{pid}/fd"):
+      match = re.search(r"/slurmd-(\w+)\.log$", os.readlink(f"/proc/{pid}/fd/{descriptor}"))
+      if match:
+        return match.group(1)
   except OSError:
     return None
-  return os.path.basename(cwd)
+  return None

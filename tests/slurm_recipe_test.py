@@ -171,8 +171,11 @@ class StudySbatchOnSlurmTest(absltest.TestCase):
   def test_worker_node_lost_mid_round_requeues_and_resumes(self):
     self.submit(_SHORT_ROUNDS)
     self.wait_for_output(r"^round +10/")
-    killed = self.cluster.kill_node("n2")  # slurmd and the worker task (with its TFF worker).
-    self.assertNotEqual(killed, [])
+    # slurmd, the step's slurmstepd and the worker task (with its TFF worker): nothing of the node
+    # answers, so srun cannot end the workers' step in order.
+    killed = self.cluster.kill_node("n2")
+    self.assertEqual(sum(line.startswith("slurmstepd: [1.0]") for line in killed), 1, killed)
+    self.assertEqual(sum(" worker --port " in line for line in killed), 1, killed)
     self.wait_for_output(r"start 1\): stopped after round \d+ \(saved, \d+ new\): requeued")
     self.assertRegex(self.output(), r"TFF worker 127\.0\.0\.1:\d+ failed during a computation.*"
                                     r"Exit status 75\.")

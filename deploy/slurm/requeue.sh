@@ -35,6 +35,20 @@ run_stoppable() {
   trap - TERM INT
 }
 
+# Stops a job step started in the background (its srun's PID in $1): SIGTERM, then SIGKILL after
+# STEP_STOP_SECONDS (default 10). With a node lost, srun waits for the tasks there much longer (it
+# cannot reach them); the script must decide and requeue before SLURM notices the node is down.
+stop_step() {
+  local step=$1 waited=0
+  kill -TERM "$step" 2>/dev/null
+  while kill -0 "$step" 2>/dev/null && [ "$waited" -lt "${STEP_STOP_SECONDS:-10}" ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  kill -KILL "$step" 2>/dev/null
+  wait "$step" 2>/dev/null
+}
+
 # Ends the script: requeues the job when the command stopped with 75 (a signal, a lost worker) and
 # the run made progress, or SLURM is not requeueing it itself; a start that saved no new round is
 # requeued at most MAX_STALLED times in a row. $1: the run's folder; $2: its rounds before the start;
