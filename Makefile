@@ -30,7 +30,7 @@ test: $(INSTALLED)
 	  --ignore=tests/slurm_recipe_test.py
 
 # The SLURM recipe on a private SLURM cluster of three nodes on this host (root; installs slurm-wlm
-# and munge with apt when missing): about 9 minutes.
+# and munge with apt when missing): about 11 minutes (634 s on 2026-12-07).
 test-slurm: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest tests/slurm_recipe_test.py
 

@@ -6,7 +6,7 @@ local worker with the same `num_subrounds` (2): the server state's every leaf, t
 round, metrics.csv but wall times, participation.
 
 Not part of `make test` (it needs root, and a minute of apt where SLURM is missing): `make test-slurm`,
-which `.ci/run` calls. About 9 minutes here (6 tests).
+which `.ci/run` calls. About 11 minutes here (6 tests, 634 s on 2026-12-07).
 """
 
 import json
