@@ -22,6 +22,7 @@ from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+import tree
 
 from experiments import chaos
 from experiments import tensorboard_server
@@ -297,6 +298,20 @@ def _event_scalars(logdir: str) -> list[tuple[int, str, float]]:
           for value in event.summary.value]
 
 
+class _Reference(tff.program.MaterializableValueReference):
+  """A value held elsewhere, as a TFF platform releases it (here: in memory)."""
+
+  def __init__(self, value):
+    self._value = value
+
+  @property
+  def type_signature(self):
+    return tff.TensorType(np.asarray(self._value).dtype)
+
+  async def get_value(self):
+    return self._value
+
+
 class ReleaseManagersContractTest(absltest.TestCase):
   """Our release managers under TFF's `tff.program.ReleaseManager` contract, in-process."""
 
@@ -346,6 +361,17 @@ class ReleaseManagersContractTest(absltest.TestCase):
                        [["1", "0", "1.0"], ["2", "0", "5.0"]])
     self.assertEqual(sorted(_event_scalars(self.logdir)),
                      sorted(self._expected_scalars({1: (1.0, 10), 2: (5.0, 50)})))
+
+  def test_value_references_are_materialized_before_release(self):
+    rounds = {1: _round_metrics(0.1, 67), 2: _round_metrics(2.0, 64)}
+    referenced = {round_num: tree.map_structure(_Reference, value)
+                  for round_num, value in rounds.items()}
+    self._release(referenced)
+    self.assertEqual(_event_scalars(self.logdir), self._expected_scalars({1: (0.1, 67),
+                                                                          2: (2.0, 64)}))
+    with open(self.csv_path) as csv_file:
+      self.assertEqual(csv_file.read().splitlines()[1:], [
+          f"1,0,{float(np.float32(0.1))},4,67,0.025,0.1,67,0.5", "2,0,2.0,4,64,0.5,2.0,64,0.5"])
 
   def test_a_key_that_is_not_a_round_number_is_refused(self):
     for manager in (release_managers.TensorBoardReleaseManager(self.logdir),

@@ -74,16 +74,17 @@ class RoundReleaseManager(tff.program.ReleaseManager):
     raise NotImplementedError
 
   async def release(self, value: Any, key: Any) -> None:
-    """Releases round `key`'s metrics (any nesting TFF releases); the first release of this object
-    starts it at `key`.
+    """Releases round `key`'s metrics (any nesting TFF releases, value references materialized
+    first, as TFF's own release managers do); the first release of this object starts it at `key`.
 
     Raises:
       ValueError: `key` is not a round number (an integer, at least 1).
     """
     round_num = _round(key)
+    materialized = await tff.program.materialize_value(value)
     if not self.started:
       self.start(round_num)
-    self.release_round(round_num, flat_metrics(value))
+    self.release_round(round_num, flat_metrics(materialized))
 
 
 class TensorBoardReleaseManager(RoundReleaseManager):
