@@ -36,12 +36,12 @@ run_stoppable() {
 }
 
 # Stops a job step started in the background (its srun's PID in $1): SIGTERM, then SIGKILL after
-# STEP_STOP_SECONDS (default 10). With a node lost, srun waits for the tasks there much longer (it
-# cannot reach them); the script must decide and requeue before SLURM notices the node is down.
+# TFF_STEP_STOP_SECONDS (default 10). With a node lost, srun waits for the tasks there much longer
+# (it cannot reach them); the script must decide and requeue before SLURM notices the node is down.
 stop_step() {
   local step=$1 waited=0
   kill -TERM "$step" 2>/dev/null
-  while kill -0 "$step" 2>/dev/null && [ "$waited" -lt "${STEP_STOP_SECONDS:-10}" ]; do
+  while kill -0 "$step" 2>/dev/null && [ "$waited" -lt "${TFF_STEP_STOP_SECONDS:-10}" ]; do
     sleep 1
     waited=$((waited + 1))
   done
