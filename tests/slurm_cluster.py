@@ -181,9 +181,9 @@ PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=I
   def start_node(self, node: str, timeout_seconds: float = 60) -> None:
     """Starts (or restarts, after `kill_node`) the slurmd of `node`, and waits until it stays up.
 
-    slurmd forks into the background before it binds its port: a start that finds the port still
-    held (a killed slurmd's socket not yet released) exits there, with status 0 for the command.
-    It is started again until a slurmd of `node` has run for a second.
+    slurmd forks into the background before it binds its port: a start that finds the port held
+    exits there, with status 0 for the command (seen here). It is started again until a slurmd of
+    `node` has run for a second.
     """
     pid_file = self._path(f"slurmd-{node}.pid")
     deadline = time.monotonic() + timeout_seconds
@@ -220,14 +220,8 @@ PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=I
     environment names this cluster's slurm.conf or that are a slurmstepd; not the daemons."""
     daemons = set(self.daemon_pids().values())
     found = []
-    for entry in os.listdir("/proc"):
-      if not entry.isdigit() or int(entry) in daemons or int(entry) == os.getpid():
-        continue
-      pid = int(entry)
-      try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-          command = cmdline.read()
-      except OSError:
+    for pid, command in _raw_command_lines():
+      if pid in daemons or pid == os.getpid():
         continue
       if command.startswith((b"slurmctld", b"slurmd", b"munged")):
         continue  # A daemon or a daemon's helper (slurmscriptd), ended with its daemon.
@@ -296,7 +290,7 @@ PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=I
         self.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
       if time.monotonic() > deadline:
         raise AssertionError(f"job {job_id} is not {'/'.join(states)} after {timeout_seconds} s: "
-                             f"{fields}; the controller's log ends:\n{self.log_tail()}")
+                             f"{fields}; the daemons' logs end:\n{self.log_tail()}")
       time.sleep(0.5)
 
   def log_tail(self, lines: int = 40) -> str:
@@ -329,21 +323,24 @@ PartitionName=main Nodes=n[1-3] Default=YES State=UP OverSubscribe=YES MaxTime=I
     return killed
 
   def _slurmd_processes(self, node: str) -> list[int]:
-    """The slurmd of `node` and any child it forked (a child keeps the node's listening socket)."""
-    conf = self._path("slurm.conf").encode()
-    found = []
-    for entry in os.listdir("/proc"):
-      if not entry.isdigit():
-        continue
-      try:
-        with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-          arguments = cmdline.read().split(b"\0")
-      except OSError:
-        continue
-      if (arguments[0].endswith(b"slurmd") and conf in arguments
-          and node.encode() in arguments):
-        found.append(int(entry))
-    return found
+    """Every process running this cluster's slurmd for `node` (`slurmd -f CONF -N NODE`): the
+    daemon and any copy of itself it forked."""
+    conf, name = self._path("slurm.conf").encode(), node.encode()
+    return [pid for pid, command in _raw_command_lines()
+            if (arguments := command.split(b"\0"))[0].endswith(b"slurmd")
+            and conf in arguments and name in arguments]
+
+
+def _raw_command_lines():
+  """(pid, the raw NUL-separated command line) of every process whose command line can be read."""
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+        yield int(entry), cmdline.read()
+    except OSError:
+      continue
 
 
 def _slurmstepd_node(pid: int) -> str | None:
