@@ -35,7 +35,6 @@ from tff_resume.runtime import network_isolation
 EXIT_CODE_WORKER_FAILED = 1
 _INNER_PORT = 8000  # In the helper's own namespace: no other process can hold it.
 _HANDSHAKE_TIMEOUT_SECONDS = 10.0
-_RELAY_CHUNK_BYTES = 1 << 18
 _POLL_SECONDS = 0.2
 _READY, _FAILED, _SOCKET = b"R", b"E", b"S"
 _CIPHERS_TLS_1_2 = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -110,17 +109,59 @@ class _Helper:
       self.process.wait()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, relayed: list,
-                direction: int) -> None:
-  try:
-    while data := await reader.read(_RELAY_CHUNK_BYTES):
-      relayed[direction] += len(data)
-      writer.write(data)
-      await writer.drain()
-  except (ConnectionError, ssl.SSLError):
-    pass
-  finally:
-    writer.close()
+class _Relay(asyncio.Protocol):
+  """One end of a relayed connection: writes what its transport reads to its peer's transport.
+
+  Two of them, joined, make a relay: no coroutine or copy per chunk beyond asyncio's own, and the
+  peer's write buffer filling pauses this end's reading (asyncio's flow control), so neither side
+  buffers without bound. Whatever arrives before the peer is joined waits, with reading paused.
+  """
+
+  def __init__(self, relayed: list, direction: int, live: set):
+    self.transport = None
+    self.peer = None
+    self._relayed, self._direction, self._live = relayed, direction, live
+    self._waiting = []  # Data read before the peer was joined.
+
+  def connection_made(self, transport) -> None:
+    self.transport = transport
+    self._live.add(transport)
+
+  def join(self, peer: "_Relay") -> None:
+    self.peer, peer.peer = peer, self
+    if self.transport.is_closing() or peer.transport.is_closing():  # One end left meanwhile.
+      self.transport.close()
+      peer.transport.close()
+      return
+    for end in (self, peer):
+      for data in end._waiting:  # pylint: disable=protected-access
+        end.peer.transport.write(data)
+      end._waiting.clear()  # pylint: disable=protected-access
+      end.transport.resume_reading()
+
+  def data_received(self, data: bytes) -> None:
+    self._relayed[self._direction] += len(data)
+    if self.peer is None:
+      self._waiting.append(data)
+      self.transport.pause_reading()
+    else:
+      self.peer.transport.write(data)
+
+  def eof_received(self) -> bool:
+    return False  # The transport closes, and connection_lost closes the peer.
+
+  def connection_lost(self, exc) -> None:
+    self._live.discard(self.transport)
+    if self.peer is not None:
+      self.peer.transport.close()  # After writing what it holds.
+
+  def pause_writing(self) -> None:
+    if self.peer is not None:
+      self.peer.transport.pause_reading()
+
+  def resume_writing(self) -> None:
+    if self.peer is not None:
+      self.peer.transport.resume_reading()
 
 
 def _listener(port: int) -> socket.socket:
@@ -145,15 +186,14 @@ async def _serve(listener: socket.socket, context: ssl.SSLContext, helper: _Help
   for number in (signal.SIGTERM, signal.SIGINT):
     loop.add_signal_handler(number, lambda number=number: (stop.append(number), stopped.set()))
   handout = asyncio.Lock()
+  live = set()  # The transports of relayed connections still open.
 
   async def relay(connection: socket.socket, peer) -> None:
     peer = f"{peer[0].removeprefix('::ffff:')}:{peer[1]}"  # IPv4 peers of the dual-stack socket.
-    reader = asyncio.StreamReader(limit=_RELAY_CHUNK_BYTES)
-    protocol = asyncio.StreamReaderProtocol(reader)
+    outer = _Relay(relayed, 0, live)
     try:  # The handshake starts with the connection's first byte (no plaintext is ever read).
-      transport, _ = await loop.connect_accepted_socket(
-          lambda: protocol, connection, ssl=context,
-          ssl_handshake_timeout=_HANDSHAKE_TIMEOUT_SECONDS)
+      await loop.connect_accepted_socket(lambda: outer, connection, ssl=context,
+                                         ssl_handshake_timeout=_HANDSHAKE_TIMEOUT_SECONDS)
     except ConnectionError:  # Closed before a handshake: a TCP probe (a readiness check).
       connection.close()
       return
@@ -163,18 +203,16 @@ async def _serve(listener: socket.socket, context: ssl.SSLContext, helper: _Help
             file=sys.stderr, flush=True)
       connection.close()
       return
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     try:
       async with handout:
         inner = await loop.run_in_executor(None, helper.connection)
     except OSError:
-      writer.close()
+      outer.transport.close()
       stopped.set()
       return
-    inner_reader, inner_writer = await asyncio.open_connection(sock=inner,
-                                                               limit=_RELAY_CHUNK_BYTES)
-    await asyncio.gather(_pipe(reader, inner_writer, relayed, 0),
-                         _pipe(inner_reader, writer, relayed, 1))
+    worker_end = _Relay(relayed, 1, live)
+    await loop.create_connection(lambda: worker_end, sock=inner)
+    outer.join(worker_end)
 
   async def accept() -> None:
     relays = set()
@@ -194,6 +232,8 @@ async def _serve(listener: socket.socket, context: ssl.SSLContext, helper: _Help
   for wait in waits:
     wait.cancel()
   listener.close()
+  for transport in list(live):
+    transport.abort()
   return 0 if stop else EXIT_CODE_WORKER_FAILED
 
 
