@@ -273,7 +273,7 @@ class ChaosTest(absltest.TestCase):
   def test_faults_at_each_phase_and_save_end_identical_with_nothing_left(self):
     fault = chaos.Fault
     planned = [
-        fault("sigterm", "data", delay=0.1),  # Data loading: nothing is written yet.
+        fault("sigterm", "data", delay=0.02),  # Data loading: nothing is written yet.
         fault("sigterm", "save", step=0, delay=0.2),  # The version-0 save.
         fault("sigkill", "saved", step=2),  # Right after the second round of this start is saved.
         fault("sigkill_group", "save", step=1, delay=0.3),  # While version 4 is being written.

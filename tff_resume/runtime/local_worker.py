@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,18 +146,35 @@ class LocalWorker:
       self.process.wait()
     atexit.unregister(self.stop)
 
+  def wait_until_listening(self) -> None:
+    """Waits until the worker accepts connections on its port; raises WorkerStartError if it exits
+    or times out. Make the gRPC channel after it: a channel whose first connection is refused tries
+    again only after gRPC's reconnect backoff (1 s), while the worker listens within 0.05 s here."""
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_SECONDS
+    while self.process.poll() is None and time.monotonic() < deadline:
+      try:
+        socket.create_connection(("localhost", self.port), timeout=_WORKER_READY_POLL_SECONDS * 10
+                                 ).close()
+        return
+      except OSError:
+        time.sleep(_WORKER_READY_POLL_SECONDS / 4)
+    self._did_not_start()
+
   def wait_until_ready(self, stub: Any) -> None:
     """Waits until the worker serves on its port; raises WorkerStartError if it exits or times
     out."""
     if not wait_for_stub(stub, WORKER_START_TIMEOUT_SECONDS, self.process):
-      if self.process.poll() is not None:
-        raise WorkerStartError(
-            f"TFF's worker binary exited with code {self.process.returncode} before serving on "
-            f"port {self.port}; rerun with --verbose to see its output.")
-      self.stop()
+      self._did_not_start()
+
+  def _did_not_start(self) -> None:
+    if self.process.poll() is not None:
       raise WorkerStartError(
-          f"TFF's worker binary did not serve on port {self.port} within "
-          f"{WORKER_START_TIMEOUT_SECONDS:.0f} s.")
+          f"TFF's worker binary exited with code {self.process.returncode} before serving on "
+          f"port {self.port}; rerun with --verbose to see its output.")
+    self.stop()
+    raise WorkerStartError(
+        f"TFF's worker binary did not serve on port {self.port} within "
+        f"{WORKER_START_TIMEOUT_SECONDS:.0f} s.")
 
 
 def wait_for_stub(stub: Any, timeout_seconds: float,
@@ -217,6 +235,7 @@ def _started_worker(max_concurrent_computation_calls: int | None,
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
   worker = LocalWorker(max_concurrent_computation_calls, show_worker_output)
+  worker.wait_until_listening()
   channel = grpc.insecure_channel(f"localhost:{worker.port}", GRPC_CHANNEL_OPTIONS)
   stub = tff.framework.RemoteExecutorGrpcStub(channel)
   worker.wait_until_ready(stub)

@@ -335,6 +335,7 @@ def start_execution_context(addresses: Sequence[str] = (), num_subrounds: int = 
                                            connect(addresses, timeout_seconds, tls_dir)))
   else:
     handle = local_worker.LocalWorker(show_output=show_worker_output)
+    handle.wait_until_listening()
     stub = _stub(f"localhost:{handle.port}")
     handle.wait_until_ready(stub)
     handle.context = SubroundContext([f"localhost:{handle.port}"], num_subrounds, [stub])
