@@ -8,3 +8,8 @@ RANDOM_AGGREGATORS = {
                  "aggregator.quantize.hadamard": True},
     "dp": {"aggregator.name": "dp"},
 }
+
+# The aggregators whose runs walk every draw and state leaf of the four: `quantize` (stochastic
+# rounding) is `compression`'s seeded rounding without the zeroing and clipping around it
+# (tff_resume/learning/aggregators.py), so `compression`'s runs walk its every draw and state leaf.
+EVERY_DRAW = ("compression", "hadamard", "dp")

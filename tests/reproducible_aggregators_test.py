@@ -5,10 +5,9 @@ SIGKILLed again right after a round, then resumed from that round's version. `ag
 redraws only the aggregator's randomness. The 2nn model, whose two large kernels are quantized. Real
 runner subprocesses.
 
-Of `aggregator_configs.RANDOM_AGGREGATORS`, `quantize` (stochastic rounding) is not run here: it is
-`compression`'s seeded rounding without the zeroing and clipping around it (`aggregators.py`), so
-`compression`'s runs walk its every draw and state leaf. The seed is varied where it keys a draw of
-its own: the Hadamard rotation and the DP noise (the rounding key's seed, tests/seeded_randomness_test).
+Of `aggregator_configs.RANDOM_AGGREGATORS`, `quantize` (stochastic rounding) is not run here
+(`aggregator_configs.EVERY_DRAW` says why). The seed is varied where it keys a draw of its own: the
+Hadamard rotation and the DP noise (the rounding key's seed, tests/seeded_randomness_test).
 """
 
 import json
@@ -28,10 +27,11 @@ from tests import aggregator_configs
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ROUNDS = 3
 _AGGREGATORS = {name: aggregator_configs.RANDOM_AGGREGATORS[name]
-                for name in ("compression", "hadamard", "dp")}
-# Aggregators with adaptive state (compression: its zeroing and clipping norms; dp: its clip norm),
-# whose killed run is killed a second time, right after round 2 is saved, before it is resumed.
-_KILLED_AFTER_A_ROUND = ("compression", "dp")
+                for name in aggregator_configs.EVERY_DRAW}
+# An aggregator with adaptive state (compression: its zeroing and clipping norms; dp: its clip
+# norm), whose killed run is killed a second time, right after round 2 is saved, before it is
+# resumed. Every killed run already resumes from version 1 with the state round 1 adapted.
+_KILLED_AFTER_A_ROUND = ("compression",)
 _SEEDED = ("hadamard", "dp")  # Also run with `aggregator.seed=1`.
 
 

@@ -136,8 +136,9 @@ class SubroundsTest(absltest.TestCase):
 
   def test_every_random_aggregator_gives_the_local_workers_bits_on_two_workers(self):
     # The 2nn model: its 156,800- and 40,000-value kernels are quantized (above 20,000 values).
-    for name, overrides in aggregator_configs.RANDOM_AGGREGATORS.items():
-      overrides = {**overrides, "model.name": "2nn", "runtime.num_subrounds": 2}
+    for name in aggregator_configs.EVERY_DRAW:
+      overrides = {**aggregator_configs.RANDOM_AGGREGATORS[name], "model.name": "2nn",
+                   "runtime.num_subrounds": 2}
       local = _train(f"{name}_local", **overrides)
       remote = _train(f"{name}_workers", **overrides, **{"runtime.workers": _addresses(2)})
       self.assertEqual(remote, local, name)  # Every leaf of the state, clients, metrics, bits.

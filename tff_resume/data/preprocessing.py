@@ -77,13 +77,24 @@ def preprocess_for_training(dataset: tf.data.Dataset, spec: PreprocessSpec, *, s
   dataset = dataset.shuffle(
       spec.shuffle_buffer, seed=shuffle_seed(seed, round_num, client_id),
       reshuffle_each_iteration=True)
-  return dataset.repeat(spec.epochs).batch(spec.batch_size).map(_to_batch_format(spec))
+  return _without_autotune(
+      dataset.repeat(spec.epochs).batch(spec.batch_size).map(_to_batch_format(spec)))
+
+
+def _without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """`dataset` without tf.data's autotuning, which has nothing to tune here (no parallel map, no
+  prefetch) but models the pipeline in threads of its own. On 2 cores those took the SGD steps'
+  CPU: the same bfloat16 steps over these datasets took 1.14x the steps on batches in memory with
+  it, 0.94x without. The elements and their order are the same either way."""
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)
 
 
 def batch_for_evaluation(dataset: tf.data.Dataset, spec: PreprocessSpec,
                          batch_size: int) -> tf.data.Dataset:
   """Returns `dataset`'s examples in batches of `batch_size` in stored order, in `spec`'s format."""
-  return dataset.batch(batch_size).map(_to_batch_format(spec))
+  return _without_autotune(dataset.batch(batch_size).map(_to_batch_format(spec)))
 
 
 def preprocess_for_evaluation(dataset: tf.data.Dataset, spec: PreprocessSpec) -> tf.data.Dataset:
