@@ -1,5 +1,6 @@
 """Tests for tff_resume.program.training: each round's commit runs while the next round trains, one
-at a time, in order; a failed commit stops the loop before anything later is written.
+at a time, in order; a failed commit stops the loop before anything later is written. The next
+round's clients and datasets are built while a round trains, each round's once.
 
 A process of plain Python (its `next` adds 1 to an integer state) and a run record and state manager
 that log what happens and when; no TensorFlow computation.
@@ -111,6 +112,64 @@ class BackgroundCommitTest(absltest.TestCase):
     self.assertNotIn(("commit", 3), log)
     self.assertNotIn(("train", 4), log)
     self.assertNotIn(("done", 2), log)
+
+
+class UpcomingRoundTest(absltest.TestCase):
+
+  def test_the_next_rounds_datasets_are_built_while_a_round_trains(self):
+    log, trained_with = [], []
+    built = {round_num: threading.Event() for round_num in range(1, 6)}
+
+    def client_datasets(round_num, client_ids):
+      log.append(("build", round_num, client_ids))
+      built[round_num].set()
+      return [f"dataset of {client_ids[0]}"]
+
+    class Process(_Process):
+
+      def next(self, state, datasets):
+        trained_with.append(datasets)
+        return super().next(state, datasets)
+
+    def during_training(round_num: int) -> None:
+      # Round N+1's datasets are built while round N trains: built on the training thread, they
+      # would come after this wait (and fail here).
+      if round_num < 4:
+        self.assertTrue(built[round_num + 1].wait(_WAIT_SECONDS),
+                        f"round {round_num + 1}'s datasets were not built while round {round_num} "
+                        "trained")
+
+    state, _ = training.train(
+        process=Process(log, during_training), state=0, book=_Book(log, _Manager(log)),
+        total_rounds=4, rounds_per_checkpoint=1, communication=None, evaluate=None,
+        rounds_per_eval=0, select_clients=lambda round_num: [f"client {round_num}"],
+        client_datasets=client_datasets, should_stop=lambda: False, on_round=lambda result: None,
+        weights_sha256=lambda state: f"sha {state}")
+    self.assertEqual(state, 4)
+    self.assertEqual(trained_with, [[f"dataset of client {n}"] for n in range(1, 5)])
+    # Each round's once, none after the last.
+    self.assertEqual([entry for entry in log if entry[0] == "build"],
+                     [("build", n, [f"client {n}"]) for n in range(1, 5)])
+
+  def test_a_failed_build_stops_the_loop_after_the_round_before_is_committed(self):
+    log = []
+
+    def client_datasets(round_num, client_ids):
+      del client_ids  # Unused.
+      if round_num == 3:
+        raise ValueError("client 3's data is unreadable")
+      return []
+
+    with self.assertRaisesRegex(ValueError, "client 3's data is unreadable"):
+      training.train(
+          process=_Process(log), state=0, book=_Book(log, _Manager(log)), total_rounds=4,
+          rounds_per_checkpoint=1, communication=None, evaluate=None, rounds_per_eval=0,
+          select_clients=lambda round_num: [f"client {round_num}"],
+          client_datasets=client_datasets, should_stop=lambda: False,
+          on_round=lambda result: log.append(("done", result.round_num)),
+          weights_sha256=lambda state: f"sha {state}")
+    self.assertIn(("done", 2), log)
+    self.assertNotIn(("train", 3), log)
 
 
 if __name__ == "__main__":

@@ -148,12 +148,15 @@ def train(*, process, state, book: bookkeeping.Bookkeeping, total_rounds: int,
     on_round(RoundResult(round_num, total_rounds, metrics, round_seconds, checkpoint_seconds))
 
   committer = _Committer()
+  upcoming = _UpcomingRound(select_clients, client_datasets)
   try:
     for round_num in range(record.rounds_done + 1, total_rounds + 1):
       started = time.perf_counter()
-      client_ids = select_clients(round_num)
-      state, round_metrics = next_state_and_metrics(
-          process.next(state, client_datasets(round_num, client_ids)))
+      client_ids, datasets = upcoming.take(round_num)
+      if round_num < total_rounds:
+        upcoming.start(round_num + 1)  # Built while this round trains.
+      state, round_metrics = next_state_and_metrics(process.next(state, datasets))
+      upcoming.wait()  # No dataset is being built while their op functions are released.
       release_dataset_functions()
       round_seconds = time.perf_counter() - started
       committer.wait()  # The previous round is committed: its metrics are the record's last.
@@ -177,8 +180,43 @@ def train(*, process, state, book: bookkeeping.Bookkeeping, total_rounds: int,
         return state, stopping and round_num < total_rounds
       committer.submit(lambda arguments=arguments: commit(*arguments))
   finally:
+    upcoming.close()
     committer.close()
   return state, False
+
+
+class _UpcomingRound:
+  """Samples the next round's clients and builds their datasets in a background thread while the
+  current round trains (both are pure functions of the round number, so nothing changes but when
+  they are computed); a round whose build was not started is built when taken."""
+
+  def __init__(self, select_clients: Callable[[int], list[str]],
+               client_datasets: Callable[[int, list[str]], list]):
+    self._select_clients, self._client_datasets = select_clients, client_datasets
+    self._executor = concurrent.futures.ThreadPoolExecutor(1, "datasets")
+    self._pending: tuple[int, concurrent.futures.Future] | None = None
+
+  def _build(self, round_num: int) -> tuple[list[str], list]:
+    client_ids = self._select_clients(round_num)
+    return client_ids, self._client_datasets(round_num, client_ids)
+
+  def start(self, round_num: int) -> None:
+    self._pending = (round_num, self._executor.submit(self._build, round_num))
+
+  def take(self, round_num: int) -> tuple[list[str], list]:
+    """(client ids, datasets) of `round_num`; raises what building them raised."""
+    pending, self._pending = self._pending, None
+    if pending is not None and pending[0] == round_num:
+      return pending[1].result()
+    return self._build(round_num)
+
+  def wait(self) -> None:
+    """Returns once no build is in flight (an error stays for `take`)."""
+    if self._pending is not None:
+      concurrent.futures.wait([self._pending[1]])
+
+  def close(self) -> None:
+    self._executor.shutdown(wait=True)
 
 
 class _Committer:
