@@ -1,6 +1,7 @@
 """Tests for tff_resume.releases.metrics_release: one TensorBoard point per round across restarts."""
 
 import os
+import time
 
 from absl.testing import absltest
 
@@ -26,6 +27,13 @@ class PrepareLogdirTest(absltest.TestCase):
   """What each start leaves on disk; tests/tensorboard_test.py reads the result through TensorBoard."""
 
   def _write(self, run_dir, first_round, rounds):
+    # Each file in a second of its own: TensorFlow names an event file by the second, the host, the
+    # pid and a counter of the process's writers, so two files begun in one second by one process
+    # sort by that counter as text (".10." before ".9."), as TensorBoard reads them too. A pytest
+    # worker that ran other files' writers first made this test flaky.
+    second = int(time.time())
+    while int(time.time()) == second:
+      time.sleep(0.02)
     writer = metrics_release.TensorBoardRoundWriter(run_dir)
     writer.start(first_round)
     for round_num in rounds:

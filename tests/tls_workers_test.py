@@ -242,18 +242,22 @@ class RunnerTest(absltest.TestCase):
     lines = []
     for line in runner.stderr:
       lines.append(line)
-      if line.startswith("tff_resume fault hook: saving version 1"):  # Round 2 is next.
+      # Version 1 is saved in the background (held 2 s) while round 2 trains, which the kill may
+      # meet or miss (round 2's datasets are ready, and its 0.4 s may be over); round 3 starts only
+      # after the save, so it meets the dead worker either way.
+      if line.startswith("tff_resume fault hook: saving version 1"):
         _stop_worker(_PORTS[1], kill=True)
         break
     stdout, stderr = runner.communicate(timeout=120)
     self.assertEqual(runner.returncode, 75, "".join(lines) + stderr)
     self.assertIn(f"TFF worker {_WORKER_HOST}:{_PORTS[1]} failed during a computation", stderr)
     run_dir = os.path.join(_STATE["root"], "runs", "killed")
-    self.assertEqual(tff_resume.run_status(run_dir)["rounds_done"], 1, stdout)
+    rounds_done = tff_resume.run_status(run_dir)["rounds_done"]
+    self.assertIn(rounds_done, (1, 2), stdout)
     _start_worker(_PORTS[1])
     resumed = _run(command)
     self.assertEqual(resumed.returncode, 0, resumed.stderr)
-    self.assertIn("from version 1", resumed.stdout)
+    self.assertIn(f"from version {rounds_done} (0 rounds to redo)", resumed.stdout)
     self.assertEqual(chaos.run_outcome(run_dir), _straight())
 
   def test_certificates_of_another_ca_are_one_line_and_status_2_with_nothing_written(self):
