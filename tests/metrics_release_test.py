@@ -1,9 +1,10 @@
 """Tests for tff_resume.releases.metrics_release: one TensorBoard point per round across restarts."""
 
 import os
-import time
 
 from absl.testing import absltest
+
+from tensorboard.summary.writer import event_file_writer
 
 from tff_resume.releases import metrics_release
 from tff_resume.releases import release_managers
@@ -27,19 +28,32 @@ class PrepareLogdirTest(absltest.TestCase):
   """What each start leaves on disk; tests/tensorboard_test.py reads the result through TensorBoard."""
 
   def _write(self, run_dir, first_round, rounds):
-    # Each file in a second of its own: TensorFlow names an event file by the second, the host, the
-    # pid and a counter of the process's writers, so two files begun in one second by one process
-    # sort by that counter as text (".10." before ".9."), as TensorBoard reads them too. A pytest
-    # worker that ran other files' writers first made this test flaky.
-    second = int(time.time())
-    while int(time.time()) == second:
-      time.sleep(0.02)
+    """Writes a start's event file; returns its path."""
+    before = set(metrics_release.event_files(run_dir))
     writer = metrics_release.TensorBoardRoundWriter(run_dir)
     writer.start(first_round)
     for round_num in rounds:
       writer.write_round(round_num, {"loss": float(round_num)})
     writer.close()
-    return metrics_release.event_files(run_dir)[-1]
+    (path,) = set(metrics_release.event_files(run_dir)) - before
+    return path
+
+  def test_a_new_file_sorts_after_the_one_before_it_within_a_second(self):
+    run_dir = self.create_tempdir().full_path
+    scratch = self.create_tempdir().full_path
+    # Bring this process's writer counter to where its next two files are ".9." and ".10." (or
+    # ".99." and ".100."), which sort the other way round as text when begun in one second.
+    while True:
+      writer = event_file_writer.EventFileWriter(scratch)
+      writer.close()
+      counter = int(os.path.basename(writer._file_name).split(".")[6])  # pylint: disable=protected-access
+      if str(counter + 2).strip("0") == "1":
+        break
+    first = self._write(run_dir, 1, [1, 2])
+    second = self._write(run_dir, 3, [3])
+    self.assertEqual([os.path.basename(path).split(".")[6] for path in (first, second)],
+                     [str(counter + 1), str(counter + 2)])
+    self.assertEqual(metrics_release.event_files(run_dir), [first, second])
 
   def test_cuts_only_files_with_redone_rounds_and_keeps_a_files_earlier_rounds(self):
     run_dir = self.create_tempdir().full_path

@@ -195,6 +195,24 @@ def _hparams_experiment(hyperparameters: Mapping[str, Any]) -> summary_pb2.Summa
       metrics=[hparams_summary.Metric(tag) for tag in HPARAMS_METRICS])
 
 
+def _wait_for_a_later_second(run_dir: str) -> None:
+  """Waits, at most a second, until the clock is past the second the newest event file was begun in.
+
+  TensorBoard reads a folder's event files in name order, and a file's name is the second it was
+  begun in, the host, the pid and a counter of the process's writers, which sorts as text (".10."
+  before ".9."): a file begun in the same second as the one before could sort before it, and
+  TensorBoard would then drop the newer file's points as those of an older start.
+  """
+  begun = []
+  for path in event_files(run_dir):
+    seconds = os.path.basename(path).split(EVENT_FILE_MARKER + ".", 1)[-1].split(".", 1)[0]
+    if seconds.isdigit():
+      begun.append(int(seconds))
+  newest = max(begun, default=0)
+  while newest == int(time.time()):
+    time.sleep(0.02)
+
+
 class TensorBoardRoundWriter:
   """Writes one scalar per metric per round into a new event file in `run_dir`.
 
@@ -202,6 +220,7 @@ class TensorBoardRoundWriter:
   """
 
   def __init__(self, run_dir: str):
+    _wait_for_a_later_second(run_dir)
     self._writer = event_file_writer.EventFileWriter(run_dir)
 
   def start(self, first_round: int) -> None:
