@@ -22,9 +22,8 @@ $(INSTALLED): requirements.lock setup.py pyproject.toml
 demo: $(INSTALLED)
 	$(VENV_PYTHON) -m experiments.run_emnist --config=configs/demo.py --root_output_dir=$(DEMO_OUTPUT) --experiment_name=demo
 
-# Three pytest workers on two cores: most tests wait on runner subprocesses, servers and signals, and
-# a third worker fills those waits (234 tests in 885 s and 1018 s in two runs here; 1013 s with two
-# workers before the last cut of runner starts).
+# Three pytest workers on two cores, the slowest files first (tests/conftest.py); the suite is bound
+# by CPU (238 tests in 948 s here on 2026-12-07; docs/development.md has the figures).
 test: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest -n 3 --dist loadfile tests \
 	  --ignore=tests/slurm_recipe_test.py
