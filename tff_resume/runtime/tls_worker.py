@@ -310,15 +310,10 @@ def _inside(channel_fd: int, limit: str, show_output: bool) -> int:
     channel.sendall(_FAILED + str(error).encode())
     return 1
   try:
-    deadline = time.monotonic() + local_worker.WORKER_START_TIMEOUT_SECONDS
-    while worker.process.poll() is None and time.monotonic() < deadline:
-      try:
-        socket.create_connection(("localhost", port), timeout=0.2).close()
-        break
-      except OSError:
-        time.sleep(0.05)
-    else:
-      channel.sendall(_FAILED + f"exit status {worker.process.poll()}".encode())
+    try:
+      worker.wait_until_listening()
+    except local_worker.WorkerStartError as error:
+      channel.sendall(_FAILED + str(error).encode())
       return 1
     channel.sendall(_READY)
     while channel.recv(1) == _SOCKET and worker.process.poll() is None:
