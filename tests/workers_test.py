@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -90,6 +91,25 @@ def _on_workers(count: int, num_subrounds: int) -> dict:
       "runtime.num_subrounds": num_subrounds, "runtime.workers": _addresses(count)})
 
 
+class _Timed:
+  """A worker's stub that notes (worker, time) in `answered` each time a `compute` call returns."""
+
+  def __init__(self, stub, worker: int, answered: list):
+    self._stub, self._worker, self._answered = stub, worker, answered
+
+  def __getattr__(self, name: str):
+    attribute = getattr(self._stub, name)
+    if name != "compute":
+      return attribute
+
+    def compute(*args, **kwargs):
+      result = attribute(*args, **kwargs)
+      self._answered.append((self._worker, time.monotonic()))
+      return result
+
+    return compute
+
+
 def _runner(name: str, *overrides: str) -> list[str]:
   return [sys.executable, "-m", "experiments.run_emnist", "--config=configs/demo.py:smoke",
           "--config.model.name=linear", "--config.training.clients_per_round=5",
@@ -112,27 +132,43 @@ class SubroundsTest(absltest.TestCase):
     self.assertNotEqual(not_split["model_weights_sha256"], local["model_weights_sha256"])
     self.assertEqual(not_split["sampled_clients"], local["sampled_clients"])
 
-  def test_partial_sums_are_merged_in_subround_order(self):
+  def test_partial_sums_are_merged_in_subround_order_while_workers_compute_at_once(self):
     # Three clients in three subrounds on three workers, one each. In float32 (spacing 8 at 1e8),
     # ((1e8 + 3) + 3) loses both 3s, while merging the first subround last (reversed, or in the
-    # order the subrounds finish when its worker is the slowest) adds 3 + 3 first: 1e8 + 8; and the
-    # other way round for the second sum. The runs above cannot show the order: their local
-    # reference merges through the same context. Nor can a stopped worker: TFF 0.87's remote
-    # executor calls its worker synchronously on the context's one event loop, so a SIGSTOPped first
-    # worker holds up the others and the subrounds still finish in order.
+    # order the subrounds finish) adds 3 + 3 first: 1e8 + 8; and the other way round for the second
+    # sum. The first worker's binary is stopped (SIGSTOP) during the first sum, so its subround
+    # finishes last: the other two workers must answer meanwhile (TFF's remote executor calls its
+    # worker synchronously, so workers sharing one event loop would wait for the stopped one), and
+    # the merge must still be in subround order. The runs above cannot show the order: their local
+    # reference merges through the same context.
     @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
     def total(values):
       return tff.federated_sum(values)
 
     addresses = _addresses(3).split(",")
+    answered = []  # (worker, when) of each `compute` (a subround's or a merge's result fetched).
+    stubs = [_Timed(stub, worker, answered)
+             for worker, stub in enumerate(workers.connect(addresses))]
+    first_port = list(_WORKERS)[0]
+    first_binary = [pid for pid in _marked_processes() if _is_worker_binary(pid, first_port)]
+    self.assertLen(first_binary, 1)
     previous = tff.framework.get_context_stack().current
-    tff.framework.set_default_context(
-        workers.SubroundContext(addresses, 3, workers.connect(addresses)))
+    tff.framework.set_default_context(workers.SubroundContext(addresses, 3, stubs))
+    resumed = []
+    timer = threading.Timer(2.0, lambda: (resumed.append(time.monotonic()),
+                                          os.kill(first_binary[0], signal.SIGCONT)))
+    os.kill(first_binary[0], signal.SIGSTOP)
     try:
-      sums = [total(values) for values in ([1e8, 3.0, 3.0], [3.0, 3.0, 1e8])]
+      timer.start()
+      sums = [total([1e8, 3.0, 3.0])]
+      timer.join()
+      sums.append(total([3.0, 3.0, 1e8]))
     finally:
+      timer.cancel()
+      os.kill(first_binary[0], signal.SIGCONT)
       tff.framework.set_default_context(previous)
     self.assertEqual(sums, [np.float32(1e8), np.float32(1e8 + 8)])
+    self.assertEqual(sorted({worker for worker, when in answered if when < resumed[0]}), [1, 2])
 
   def test_every_random_aggregator_gives_the_local_workers_bits_on_two_workers(self):
     # The 2nn model: its 156,800- and 40,000-value kernels are quantized (above 20,000 values).

@@ -20,7 +20,9 @@ round is then not saved. With `tls_dir` the runner connects over mutual TLS (`tf
 import asyncio
 import socket
 import ssl
+import threading
 from typing import Any, Sequence
+import weakref
 
 import grpc
 import tensorflow_federated as tff
@@ -202,6 +204,18 @@ def compile_for_subrounds(comp, what: str = "a computation") -> mergeable.Mergea
         "runtime.num_subrounds=0.") from None
 
 
+def _loop_of_its_own(name: str) -> asyncio.AbstractEventLoop:
+  """A new event loop running on a daemon thread of its own."""
+  loop = asyncio.new_event_loop()
+  threading.Thread(target=loop.run_forever, name=name, daemon=True).start()
+  return loop
+
+
+def _stop_loops(loops: Sequence[asyncio.AbstractEventLoop]) -> None:
+  for loop in loops:
+    loop.call_soon_threadsafe(loop.stop)
+
+
 class SubroundContext(tff.framework.SyncContext):
   """Runs computations on TFF workers, splitting clients into subrounds merged in subround order."""
 
@@ -215,6 +229,10 @@ class SubroundContext(tff.framework.SyncContext):
     self.addresses = list(addresses)
     self.num_subrounds = num_subrounds
     self._contexts = [_async_context(stub) for stub in stubs]
+    # TFF's remote executor calls its worker synchronously from its coroutines, so contexts sharing
+    # one event loop would compute one worker after the other; each worker's has a loop of its own.
+    self._loops = [_loop_of_its_own(f"tff-resume worker {address}") for address in self.addresses]
+    weakref.finalize(self, _stop_loops, list(self._loops))
     self._forms: dict[int, tuple[Any, mergeable.MergeableCompForm]] = {}
     self._runner = async_utils.AsyncThreadRunner()
 
@@ -231,7 +249,8 @@ class SubroundContext(tff.framework.SyncContext):
 
   async def _call(self, worker: int, comp, arg):
     try:
-      return await self._contexts[worker].invoke(comp, arg)
+      return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+          self._contexts[worker].invoke(comp, arg), self._loops[worker]))
     except grpc.RpcError as error:
       detail = (error.details() if hasattr(error, "details") else str(error)) or type(error).__name__
       detail = str(detail).strip().splitlines()[0]
