@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -284,6 +285,77 @@ class RunnerTest(absltest.TestCase):
       tff_resume.Run(config, os.path.join(_STATE["root"], "runs"), "missing").train()
     for name in ("expired", "missing"):
       self.assertFalse(os.path.exists(os.path.join(_STATE["root"], "runs", name)))
+
+
+# Run in the runner's namespace: a mutual-TLS connection that stays open until stdin closes.
+_HOLD = r"""
+import socket, ssl, sys
+host, port, study = sys.argv[1:]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.load_verify_locations(f"{study}/ca.pem")
+context.load_cert_chain(f"{study}/runner.pem", f"{study}/runner.key")
+context.set_alpn_protocols(["h2"])
+with context.wrap_socket(socket.create_connection((host, int(port)), timeout=10),
+                         server_hostname=host) as connection:
+  print(connection.recv(9).hex(), flush=True)  # TFF's worker's SETTINGS: the relay is joined.
+  sys.stdin.read()
+"""
+_PIDFD_OPEN, _PIDFD_GETFD = 434, 438  # The same on every Linux architecture.
+
+
+def _connected_tcp_sockets(pid: int) -> list[socket.socket]:
+  """Copies (pidfd_getfd) of the connected TCP sockets process `pid` holds."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  pidfd = libc.syscall(_PIDFD_OPEN, pid, 0)
+  if pidfd < 0:
+    raise OSError(ctypes.get_errno(), "pidfd_open")
+  found = []
+  try:
+    for name in os.listdir(f"/proc/{pid}/fd"):
+      try:
+        if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+          continue
+      except OSError:
+        continue
+      copy = libc.syscall(_PIDFD_GETFD, pidfd, int(name), 0)
+      if copy < 0:
+        raise OSError(ctypes.get_errno(), "pidfd_getfd")
+      connection = socket.socket(fileno=copy)
+      try:
+        connection.getpeername()
+      except OSError:  # Listening, or not connected.
+        connection.close()
+        continue
+      if connection.family in (socket.AF_INET, socket.AF_INET6):
+        found.append(connection)
+      else:
+        connection.close()
+  finally:
+    os.close(pidfd)
+  return found
+
+
+class RelaySocketTest(absltest.TestCase):
+
+  def test_relayed_connections_send_small_writes_at_once(self):
+    # An accepted socket has proto 0, so asyncio left Nagle's algorithm on for it: a gRPC response
+    # after an upload then waited for the runner's delayed ACK, about 33 ms a call.
+    hold = subprocess.Popen(
+        _in("runner", [sys.executable, "-c", _HOLD, _WORKER_HOST, str(_PORTS[0]), _STATE["study"]]),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=_end_with_this_test)
+    try:
+      self.assertRegex(hold.stdout.readline(), r"^[0-9a-f]{6}040000000000$")
+      relayed = _connected_tcp_sockets(_STATE["workers"][_PORTS[0]].pid)
+      try:  # The runner's connection, and the one to TFF's worker in the helper's namespace.
+        self.assertLen(relayed, 2)
+        self.assertEqual([c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in relayed],
+                         [1, 1])
+      finally:
+        for connection in relayed:
+          connection.close()
+    finally:
+      hold.stdin.close()
+      hold.wait(timeout=30)
 
 
 class WorkerProcessTest(absltest.TestCase):
