@@ -155,7 +155,7 @@ class SubroundsTest(absltest.TestCase):
     previous = tff.framework.get_context_stack().current
     tff.framework.set_default_context(workers.SubroundContext(addresses, 3, stubs))
     resumed = []
-    timer = threading.Timer(2.0, lambda: (resumed.append(time.monotonic()),
+    timer = threading.Timer(1.5, lambda: (resumed.append(time.monotonic()),
                                           os.kill(first_binary[0], signal.SIGCONT)))
     os.kill(first_binary[0], signal.SIGSTOP)
     try:
