@@ -634,8 +634,9 @@ def main(argv):
       values.update(sections["scale"].pop("values"))
     if "workers" in _SECTIONS.value:
       _log("section 10: local worker, subrounds and loopback workers")
-      sections["workers"] = benchmark_workers.bench_workers(Workload(workload_config(quick)),
-                                                            repetitions)
+      sections["workers"] = benchmark_workers.bench_workers(
+          Workload(workload_config(quick)), repetitions,
+          repetitions if quick else benchmark_workers.TLS_PAIRS)
       values.update({name: sections["workers"][name] for name in benchmark_workers.TARGETS})
     if "emnist_scale" in _SECTIONS.value:
       _log("section 11: TFF's EMNIST file format at EMNIST's scale")
