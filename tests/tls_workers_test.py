@@ -346,10 +346,11 @@ class RelaySocketTest(absltest.TestCase):
     try:
       self.assertRegex(hold.stdout.readline(), r"^[0-9a-f]{6}040000000000$")
       relayed = _connected_tcp_sockets(_STATE["workers"][_PORTS[0]].pid)
-      try:  # The runner's connection, and the one to TFF's worker in the helper's namespace.
-        self.assertLen(relayed, 2)
-        self.assertEqual([c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in relayed],
-                         [1, 1])
+      try:  # The runner's connection and the one to TFF's worker in the helper's namespace (and
+        # any of an earlier test's runner the relay has not closed yet).
+        self.assertGreaterEqual(len(relayed), 2)
+        self.assertEqual({c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in relayed},
+                         {1})
       finally:
         for connection in relayed:
           connection.close()
