@@ -1,13 +1,18 @@
 """Tests for tff_resume.runtime.local_worker: the TFF worker ends with the program however the program ends."""
 
+import contextlib
+import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from absl.testing import absltest
+import portpicker
 
 from tff_resume.runtime import local_worker
 
@@ -73,6 +78,56 @@ def _worker_pid(program: subprocess.Popen) -> int:
     raise AssertionError(f"the program printed nothing; stderr:\n{program.stderr.read()}")
   assert words[0] == "worker" and words[3] == "3", words
   return int(words[1])
+
+
+def _taken(port: int) -> socket.socket:
+  """A socket bound to `port` on every interface, not listening: TFF's worker cannot bind the port
+  (it exits at once) and a connection to it is refused."""
+  taken = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+  taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+  taken.bind(("::", port))
+  return taken
+
+
+class WorkerRestartTest(absltest.TestCase):
+
+  def test_a_worker_that_exits_before_listening_is_started_again(self):
+    port = portpicker.pick_unused_port()
+    taken, said = _taken(port), io.StringIO()
+    worker = local_worker.LocalWorker(port=port)
+    first = worker.process
+
+    def free_the_port_once_the_first_start_exits():
+      first.wait()
+      taken.close()
+
+    freeing = threading.Thread(target=free_the_port_once_the_first_start_exits)
+    freeing.start()
+    try:
+      with contextlib.redirect_stderr(said):
+        worker.wait_until_listening()
+      self.assertIsNot(worker.process, first)
+      self.assertIsNone(worker.process.poll())
+      socket.create_connection(("localhost", port), timeout=5).close()
+    finally:
+      freeing.join()
+      worker.stop()
+    self.assertEqual(first.returncode, 0)  # TFF's worker exits with 0 when its bind fails.
+    self.assertEqual(said.getvalue(), "tff_resume: TFF's worker binary exited with code 0 before "
+                     f"serving on port {port}; starting it again (2 of 3).\n")
+
+  def test_a_worker_that_never_listens_is_an_error_after_three_starts(self):
+    port = portpicker.pick_unused_port()
+    said = io.StringIO()
+    with _taken(port), contextlib.redirect_stderr(said):
+      worker = local_worker.LocalWorker(port=port)
+      with self.assertRaisesRegex(local_worker.WorkerStartError,
+                                  f"^TFF's worker binary exited with code 0 before serving on port "
+                                  f"{port}; rerun with --verbose to see its output.$"):
+        worker.wait_until_listening()
+    self.assertEqual(said.getvalue().splitlines(), [
+        f"tff_resume: TFF's worker binary exited with code 0 before serving on port {port}; "
+        f"starting it again ({start} of 3)." for start in (2, 3)])
 
 
 class LocalWorkerTest(absltest.TestCase):

@@ -32,6 +32,9 @@ _PR_SET_PDEATHSIG = 1
 WORKER_START_TIMEOUT_SECONDS = 60.0
 _WORKER_READY_POLL_SECONDS = 0.02
 _WORKER_STOP_TIMEOUT_SECONDS = 5.0
+# Starts of a worker that exits before it listens: one of the suite run of 2026-12-07 died of
+# SIGSEGV (exit -11) before listening, once, at the start of a run.
+_STARTS = 3
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
 GRPC_CHANNEL_OPTIONS = [
     ("grpc.max_message_length", _GRPC_MAX_MESSAGE_BYTES),
@@ -70,12 +73,14 @@ def quiet_tensorflow_logging(verbose: bool = False) -> None:
   absl_logging.set_verbosity(_LEVEL_NAMES[level])
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # Loaded here: a forked child must not call dlopen.
+
+
 def _die_with_parent() -> None:
   """Runs in the forked child before exec: SIGKILL it when the parent dies, and give it its own
   process group, so a Ctrl-C at the terminal reaches the program (which stops at a safe point)
   and not the worker in the middle of a round."""
-  libc = ctypes.CDLL(None, use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
   os.setpgid(0, 0)
 
 
@@ -116,19 +121,15 @@ class LocalWorker:
           "(make install).")
     self.port = port or portpicker.pick_unused_port()
     self.context = None  # The TFF execution context using this worker, once installed.
-    output = None if show_output else subprocess.DEVNULL
-    self.process = subprocess.Popen(
-        [
-            binary,
-            f"--port={self.port}",
-            f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=output,
-        stderr=output,
-        preexec_fn=_die_with_parent,
-    )
+    self._command = [binary, f"--port={self.port}",
+                     f"--max_concurrent_computation_calls={max_concurrent_computation_calls}"]
+    self._output = None if show_output else subprocess.DEVNULL
+    self._start()
     atexit.register(self.stop)
+
+  def _start(self) -> None:
+    self.process = subprocess.Popen(self._command, stdin=subprocess.DEVNULL, stdout=self._output,
+                                    stderr=self._output, preexec_fn=_die_with_parent)
 
   @property
   def pid(self) -> int:
@@ -147,17 +148,26 @@ class LocalWorker:
     atexit.unregister(self.stop)
 
   def wait_until_listening(self) -> None:
-    """Waits until the worker accepts connections on its port; raises WorkerStartError if it exits
-    or times out. Make the gRPC channel after it: a channel whose first connection is refused tries
-    again only after gRPC's reconnect backoff (1 s), while the worker listens within 0.05 s here."""
-    deadline = time.monotonic() + WORKER_START_TIMEOUT_SECONDS
-    while self.process.poll() is None and time.monotonic() < deadline:
-      try:
-        socket.create_connection(("localhost", self.port), timeout=_WORKER_READY_POLL_SECONDS * 10
-                                 ).close()
-        return
-      except OSError:
-        time.sleep(_WORKER_READY_POLL_SECONDS / 4)
+    """Waits until the worker accepts connections on its port, starting it again (on the same port,
+    at most `_STARTS` starts in all, each said on stderr) when it exits first; raises
+    WorkerStartError if the last start exits or any times out. Make the gRPC channel after it: a
+    channel whose first connection is refused tries again only after gRPC's reconnect backoff
+    (1 s), while the worker listens within 0.05 s here."""
+    for start in range(1, _STARTS + 1):
+      deadline = time.monotonic() + WORKER_START_TIMEOUT_SECONDS
+      while self.process.poll() is None and time.monotonic() < deadline:
+        try:
+          socket.create_connection(("localhost", self.port),
+                                   timeout=_WORKER_READY_POLL_SECONDS * 10).close()
+          return
+        except OSError:
+          time.sleep(_WORKER_READY_POLL_SECONDS / 4)
+      if self.process.poll() is None or start == _STARTS:
+        break
+      print(f"tff_resume: TFF's worker binary exited with code {self.process.returncode} before "
+            f"serving on port {self.port}; starting it again ({start + 1} of {_STARTS}).",
+            file=sys.stderr, flush=True)
+      self._start()
     self._did_not_start()
 
   def wait_until_ready(self, stub: Any) -> None:
