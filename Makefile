@@ -23,7 +23,7 @@ demo: $(INSTALLED)
 	$(VENV_PYTHON) -m experiments.run_emnist --config=configs/demo.py --root_output_dir=$(DEMO_OUTPUT) --experiment_name=demo
 
 # Three pytest workers on two cores, the slowest files first (tests/conftest.py); the suite is bound
-# by CPU (239 tests in 966 s here on 2026-12-07; docs/development.md has the figures).
+# by CPU (241 tests in 881 s here on 2026-12-07; docs/development.md has the figures).
 test: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest -n 3 --dist loadfile tests \
 	  --ignore=tests/slurm_recipe_test.py
