@@ -11,7 +11,6 @@ remote path and the merges cost, and give the per-client time and transfer sizes
 machines in docs/benchmarks.md is computed from.
 """
 
-import ctypes
 import hashlib
 import os
 import shutil
@@ -43,7 +42,7 @@ def _weights_sha256(workload, state) -> str:
 
 
 def _die_with_benchmark() -> None:
-  ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  local_worker.signal_when_parent_dies(signal.SIGTERM)
 
 
 def _start_tls_worker(tls_dir: str) -> tuple[subprocess.Popen, int]:

@@ -18,7 +18,6 @@ its config, e.g. a run folder holding another config), 74 a run's write failed, 
 """
 
 import collections
-import ctypes
 import os
 import signal
 import subprocess
@@ -43,7 +42,6 @@ from tff_resume.runtime import signals
 local_worker.install_guard_context()  # The sweep computes nothing; its runs have their own workers.
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_PR_SET_PDEATHSIG = 1
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The study's config file (configs/*.py[:PRESET]); --config.FIELD=VALUE applies "
@@ -64,7 +62,7 @@ def _child_setup() -> None:
   """In each run's process before exec: its own process group (a Ctrl-C reaches it once, through
   the sweep), and SIGTERM when the sweep dies however it dies (it then stops at a safe point)."""
   os.setpgid(0, 0)
-  ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+  local_worker.signal_when_parent_dies(signal.SIGTERM)
 
 
 class _Sweep:

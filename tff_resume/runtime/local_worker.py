@@ -76,11 +76,18 @@ def quiet_tensorflow_logging(verbose: bool = False) -> None:
 _LIBC = ctypes.CDLL(None, use_errno=True)  # Loaded here: a forked child must not call dlopen.
 
 
+def signal_when_parent_dies(signal_number: int) -> None:
+  """For a forked child before exec (`preexec_fn`): the kernel sends it `signal_number` when its
+  parent dies, however it dies (PR_SET_PDEATHSIG), through libc loaded at import: the child of a
+  process with threads must not load a library."""
+  _LIBC.prctl(_PR_SET_PDEATHSIG, signal_number)
+
+
 def _die_with_parent() -> None:
   """Runs in the forked child before exec: SIGKILL it when the parent dies, and give it its own
   process group, so a Ctrl-C at the terminal reaches the program (which stops at a safe point)
   and not the worker in the middle of a round."""
-  _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  signal_when_parent_dies(signal.SIGKILL)
   os.setpgid(0, 0)
 
 
